@@ -1,0 +1,43 @@
+"""The `layercut` command line. Each subcommand lives in `layercut/commands/<name>.py` and
+exposes `register(subparsers)`; this file only wires them up and turns user errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from layercut import __version__
+from layercut.errors import LayercutError
+
+COMMAND_MODULES = (
+    "layercut.commands.scan",
+    "layercut.commands.prune",
+    "layercut.commands.eval",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layercut", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"layercut {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except LayercutError as exc:
+        print(f"layercut: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("layercut: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

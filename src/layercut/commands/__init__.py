@@ -1,0 +1,1 @@
+"""One module per `layercut` subcommand: each parses its flags and calls library functions."""

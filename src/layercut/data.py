@@ -1,0 +1,136 @@
+"""Text sources and token windows for calibration, training and perplexity.
+
+A text source is a local `.txt`/`.md` file (read whole), a `.jsonl`/`.json` file (one record
+per line, the text under `text_field`), the built-in `builtin:pydoc-calib` / `builtin:pydoc-eval`
+(English documentation text that ships inside Python's standard library, split into two
+disjoint halves), or, when online, a Hugging Face dataset written `hf:NAME[:CONFIG][:SPLIT]`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layercut.errors import DataError
+
+BUILTIN_SOURCES = ("builtin:pydoc-calib", "builtin:pydoc-eval")
+
+
+def builtin_text(name: str) -> str:
+    """Python's own reference-manual topics (`pydoc_data.topics`), alternating topics per half.
+
+    Even-numbered topics (sorted by name) form the calibration half, odd ones the evaluation
+    half, so the two never share text.
+    """
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        raise DataError("this Python has no pydoc_data module; pass --calib/--ppl with a text file") from None
+    names = sorted(topics)
+    offset = 0 if name == "builtin:pydoc-calib" else 1
+    return "\n\n".join(topics[key].strip() for key in names[offset::2])
+
+
+def _read_jsonl(path: Path, text_field: str) -> str:
+    pieces = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: invalid JSON ({exc.msg}); fix or remove that line") from None
+            if not isinstance(record, dict) or text_field not in record:
+                raise DataError(f"{path}:{number}: no field '{text_field}'; pass --text-field with the field holding the text")
+            pieces.append(str(record[text_field]))
+    return "\n\n".join(pieces)
+
+
+def _read_hf_dataset(spec: str, text_field: str) -> str:
+    parts = spec[len("hf:"):].split(":")
+    name, config, split = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None), \
+        (parts[2] if len(parts) > 2 else "train")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading Hugging Face datasets needs the 'datasets' package: pip install 'layercut[hub]'") from None
+    try:
+        dataset = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # network and hub errors come in many types
+        raise DataError(f"cannot load dataset '{name}' (offline?): {str(exc).splitlines()[0][:200]}; "
+                        "pass a local text or JSONL file instead") from None
+    if text_field not in dataset.column_names:
+        raise DataError(f"dataset '{name}' has no column '{text_field}' (columns: {', '.join(dataset.column_names)}); "
+                        "pass --text-field")
+    return "\n\n".join(str(t) for t in dataset[text_field])
+
+
+def read_text(source: str, text_field: str = "text") -> str:
+    """All text of a source as one string; empty or missing sources are a `DataError`."""
+    if source in BUILTIN_SOURCES:
+        text = builtin_text(source)
+    elif source.startswith("hf:"):
+        text = _read_hf_dataset(source, text_field)
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise DataError(f"text file '{source}' does not exist; pass a .txt or .jsonl file "
+                            f"(or {BUILTIN_SOURCES[0]}, or hf:NAME when online)")
+        if path.suffix in (".jsonl", ".json"):
+            text = _read_jsonl(path, text_field)
+        else:
+            text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise DataError(f"text source '{source}' is empty; pass a file with text in it")
+    return text
+
+
+def tokenize_text(tokenizer: Any, text: str) -> torch.Tensor:
+    """Token ids of the whole text as one 1-D tensor, without special tokens."""
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def bos_id(tokenizer: Any) -> int | None:
+    """The BOS id when the tokenizer puts one at the start of a sequence (Gemma, Llama-2...), else None."""
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id:
+        return int(tokenizer.bos_token_id)
+    return None
+
+
+def split_windows(ids: torch.Tensor, seq_len: int, bos: int | None) -> torch.Tensor:
+    """Cut a token stream into non-overlapping windows of `seq_len`; with a BOS id, each window
+    holds BOS + seq_len - 1 text tokens. The incomplete tail is dropped."""
+    body = seq_len - 1 if bos is not None else seq_len
+    if body < 1:
+        raise DataError(f"--seq-len {seq_len} is too short; use at least 2")
+    count = ids.numel() // body
+    windows = ids[: count * body].view(count, body)
+    if bos is not None:
+        windows = torch.cat([torch.full((count, 1), bos, dtype=torch.long), windows], dim=1)
+    return windows
+
+
+def calibration_windows(tokenizer: Any, source: str, samples: int, seq_len: int, seed: int = 0,
+                        text_field: str = "text") -> torch.Tensor:
+    """`samples` windows of `seq_len` tokens, shape [samples, seq_len].
+
+    Windows are non-overlapping; when the text holds more than needed, a seeded random subset
+    is taken (kept in text order), so the same seed always gives the same windows.
+    """
+    if samples < 1 or seq_len < 2:
+        raise DataError("--samples must be >= 1 and --seq-len >= 2")
+    windows = split_windows(tokenize_text(tokenizer, read_text(source, text_field)), seq_len, bos_id(tokenizer))
+    if windows.shape[0] < samples:
+        raise DataError(f"'{source}' gives only {windows.shape[0]} windows of {seq_len} tokens but "
+                        f"{samples} were asked; lower --samples or --seq-len, or give more text")
+    if windows.shape[0] > samples:
+        generator = torch.Generator().manual_seed(seed)
+        chosen = torch.randperm(windows.shape[0], generator=generator)[:samples].sort().values
+        windows = windows[chosen]
+    return windows

