@@ -1,0 +1,67 @@
+"""`layercut prune`: remove decoder blocks with a depth-pruning method and export the result."""
+
+from __future__ import annotations
+
+import argparse
+
+from layercut.commands.common import (add_calib_args, add_model_args, add_output_args, calib_description,
+                                      calib_from_args, load_from_args)
+from layercut.export import count_parameters, ensure_output_free, save_checkpoint
+from layercut.prune import METHODS, PruneRequest, prune
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("prune", help="cut decoder blocks (ReplaceMe, angular drop, ...)")
+    add_model_args(parser)
+    add_calib_args(parser)
+    add_output_args(parser)
+    parser.add_argument("--method", required=True, choices=sorted(METHODS), help="depth-pruning method")
+    parser.add_argument("--cut", type=int, required=True, help="number of blocks to remove in total")
+    parser.add_argument("--start", type=int, help="force the first removed block (single cut)")
+    parser.add_argument("--min-start", type=int, help="earliest block a cut may start at")
+    parser.add_argument("--num-cuts", type=int, default=1, help="split the cut into this many separate spans")
+    parser.add_argument("--select", default="angular", help="span score: angular, angular-last or cosine")
+    parser.add_argument("--alpha", type=float, default=0.0, help="ridge penalty of the least-squares map")
+    parser.add_argument("--fit-memory-budget", type=float, default=4.0,
+                        help="GiB allowed for least-squares sums of every candidate cut in one pass; "
+                             "above it a second pass fits only the chosen cut")
+    cosine = parser.add_argument_group("replaceme-cosine")
+    cosine.add_argument("--cosine-epochs", type=int, default=10)
+    cosine.add_argument("--cosine-lr", type=float, default=1e-4)
+    cosine.add_argument("--cosine-batch-tokens", type=int, default=1024)
+    cosine.add_argument("--cosine-tokens", type=int, default=65536, help="token rows kept for the cosine fit")
+    cosine.add_argument("--cosine-init", default="lstsq", help="lstsq or identity")
+    cosine.add_argument("--cosine-objective", default="full",
+                        help="full: cos(MT+Y, L); residual: cos(MT, L-Y) as the reference code")
+    parser.set_defaults(run=run)
+
+
+def request_from_args(args: argparse.Namespace) -> PruneRequest:
+    return PruneRequest(
+        method=args.method, cut=args.cut, start=args.start, min_start=args.min_start, num_cuts=args.num_cuts,
+        select=args.select, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
+        cosine_epochs=args.cosine_epochs, cosine_lr=args.cosine_lr, cosine_batch_tokens=args.cosine_batch_tokens,
+        cosine_tokens=args.cosine_tokens, cosine_init=args.cosine_init, cosine_objective=args.cosine_objective,
+        fit_memory_budget=args.fit_memory_budget)
+
+
+def run(args: argparse.Namespace) -> int:
+    ensure_output_free(args.out, args.overwrite)
+    loaded = load_from_args(args)
+    request = request_from_args(args)
+    layers_before, params_before = loaded.num_layers, count_parameters(loaded.model)
+    windows = calib_from_args(args, loaded)
+    outcome = prune(loaded, windows, request)
+    result = {"layers_before": layers_before, "layers_after": loaded.num_layers, "removed_blocks": outcome.removed,
+              "span_starts": outcome.span_starts, "params_before": params_before,
+              "params_after": count_parameters(loaded.model), "seconds": round(outcome.seconds, 2),
+              **{k: v for k, v in outcome.details.items()}}
+    step = {"command": "prune", "method": args.method,
+            "summary": f"removed blocks {outcome.removed} of {layers_before}",
+            "params": request.to_dict(), "calibration": calib_description(args), "result": result,
+            "scores": outcome.scores}
+    save_checkpoint(loaded, args.out, step, overwrite=args.overwrite)
+    print(f"{args.method}: removed blocks {outcome.removed} ({layers_before} -> {loaded.num_layers} layers, "
+          f"{params_before:,} -> {result['params_after']:,} parameters) in {outcome.seconds:.1f}s")
+    print(f"saved to {args.out}")
+    return 0

@@ -1,0 +1,43 @@
+"""`layercut scan`: score every block and every span on calibration text; table, JSON, plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from layercut.capture import calibrate
+from layercut.commands.common import (add_calib_args, add_model_args, calib_description, calib_from_args,
+                                      load_from_args)
+from layercut.export import ensure_output_free, write_text_atomic
+from layercut.scan_report import plot_scan, render_scan_table, scan_to_dict
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("scan", help="score layers and spans (Block Influence, angular, cosine)")
+    add_model_args(parser)
+    add_calib_args(parser)
+    parser.add_argument("--json", help="write all scores to this JSON file")
+    parser.add_argument("--plot", help="write a PNG heatmap (start x span length) to this file")
+    parser.add_argument("--span", type=int, action="append",
+                        help="span length(s) to list best spans for (default: 1, 2, 4, 8)")
+    parser.add_argument("--top", type=int, default=5, help="best spans listed per length")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --json/--plot files")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for path in (args.json, args.plot):
+        if path:
+            ensure_output_free(path, args.overwrite)
+    loaded = load_from_args(args)
+    windows = calib_from_args(args, loaded)
+    stats = calibrate(loaded, windows, args.batch_size).scan
+    print(render_scan_table(stats, args.span or [1, 2, 4, 8], args.top))
+    if args.json:
+        record = {"model": loaded.source, "calibration": calib_description(args), **scan_to_dict(stats)}
+        write_text_atomic(args.json, json.dumps(record, indent=1), overwrite=True)
+        print(f"scores written to {args.json}")
+    if args.plot:
+        plot_scan(stats, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
