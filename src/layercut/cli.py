@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "layercut.commands.scan",
     "layercut.commands.prune",
     "layercut.commands.eval",
+    "layercut.commands.heal",
 )
 
 

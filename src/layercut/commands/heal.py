@@ -1,0 +1,79 @@
+"""`layercut heal`: continue pretraining a (pruned) model on text, in full or with LoRA, optionally
+distilling from a teacher; checkpoints, resume, held-out perplexity, a log and a loss curve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from layercut.commands.common import add_model_args, add_output_args, load_from_args
+from layercut.export import ensure_output_free
+from layercut.heal import build_config, export_healed, heal
+
+DESCRIPTION = "Heal a pruned model (LayerChop): continued next-token pretraining, full or LoRA, optional distillation."
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("heal", help=DESCRIPTION, description=DESCRIPTION)
+    add_model_args(parser)
+    parser.set_defaults(dtype="float32")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", required=True, help="training text: .txt, .jsonl, builtin:pydoc-calib or hf:NAME[:CONFIG][:SPLIT]")
+    data.add_argument("--text-field", default="text", help="JSONL / dataset field holding the text")
+    data.add_argument("--seq-len", type=int, default=256, help="tokens per packed window (default: %(default)s)")
+    data.add_argument("--ppl", default=None, help="held-out text for perplexity before, during and after training")
+    data.add_argument("--ppl-max-tokens", type=int, default=16384, help="tokens of --ppl text used (default: %(default)s)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--mode", choices=("full", "lora"), default="full", help="train all weights or LoRA (merged at export)")
+    train.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    train.add_argument("--tokens", type=int, default=None, help="token budget; with --steps, whichever ends first")
+    train.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-4 full, 1e-3 lora)")
+    train.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor as a fraction of --lr")
+    train.add_argument("--warmup", type=int, default=10, help="linear warmup steps (default: %(default)s)")
+    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    train.add_argument("--batch-size", type=int, default=4, help="windows per micro-batch (default: %(default)s)")
+    train.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm; 0 disables")
+    train.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                       help="autocast: auto = bf16 on CUDA (fp16 where unsupported), fp32 on CPU")
+    train.add_argument("--lora-rank", type=int, default=16)
+    train.add_argument("--lora-alpha", type=float, default=32.0)
+    train.add_argument("--lora-dropout", type=float, default=0.0)
+    kd = parser.add_argument_group("distillation")
+    kd.add_argument("--teacher", default=None, help="teacher model for KL distillation (e.g. the unpruned model)")
+    kd.add_argument("--kd-weight", type=float, default=0.5, help="loss = (1-w) * CE + w * KL (default: %(default)s)")
+    kd.add_argument("--kd-temperature", type=float, default=1.0, help="softmax temperature of the KL")
+    kd.add_argument("--teacher-device", default=None, help="device of the teacher (default: the student's), e.g. cpu to offload")
+    run_group = parser.add_argument_group("checkpoints")
+    run_group.add_argument("--eval-every", type=int, default=0, help="held-out perplexity every N steps (needs --ppl)")
+    run_group.add_argument("--save-every", type=int, default=0, help="training checkpoint every N steps in OUT/checkpoint-N")
+    run_group.add_argument("--resume", default=None, help="continue from OUT/checkpoint-NNNNNN")
+    run_group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_output_args(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.resume:
+        ensure_output_free(args.out, args.overwrite)
+    config = build_config(
+        data=args.data, text_field=args.text_field, mode=args.mode, steps=args.steps, tokens=args.tokens,
+        lr=args.lr if args.lr is not None else (1e-3 if args.mode == "lora" else 1e-4),
+        min_lr_ratio=args.min_lr_ratio, warmup=args.warmup, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, seq_len=args.seq_len,
+        max_grad_norm=args.max_grad_norm, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout, teacher=args.teacher, kd_weight=args.kd_weight,
+        kd_temperature=args.kd_temperature, teacher_device=args.teacher_device, ppl=args.ppl,
+        ppl_max_tokens=args.ppl_max_tokens, eval_every=args.eval_every, save_every=args.save_every,
+        work_dir=args.out, resume=args.resume, seed=args.seed, precision=args.precision,
+        progress=not args.no_progress)
+    loaded = load_from_args(args)
+    result = heal(loaded, config)
+    if result.interrupted:
+        where = f"; resume with --resume {result.checkpoint}" if result.checkpoint else ""
+        print(f"layercut: interrupted after step {result.steps}{where}", file=sys.stderr)
+        return 130
+    out = export_healed(loaded, config, result, args.out, overwrite=True)
+    print(json.dumps({"out": str(out), **result.to_dict()}, indent=2))
+    return 0

@@ -1,0 +1,27 @@
+"""LoRA through `peft`: wrap the adapter table's target layers, and merge back into plain weights."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from layercut.adapters import ArchAdapter
+from layercut.errors import ConfigError, UnsupportedArchitectureError
+
+
+def add_lora(model: nn.Module, adapter: ArchAdapter, rank: int, alpha: float, dropout: float) -> nn.Module:
+    """Wrap `model` with trainable LoRA matrices on `adapter.lora_targets`; the base weights freeze."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("--mode lora needs the 'peft' package: pip install 'layercut[lora]'") from None
+    if not adapter.lora_targets:
+        raise UnsupportedArchitectureError(f"the {adapter.name} adapter lists no LoRA target layers; "
+                                           "add lora_targets to its entry in layercut/adapters.py or use --mode full")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                        target_modules=list(adapter.lora_targets))
+    return get_peft_model(model, config)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the LoRA products into the base weights and return the plain transformers model."""
+    return model.merge_and_unload()

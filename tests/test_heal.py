@@ -1,0 +1,231 @@
+"""Healing (LayerChop): schedule and loss math, training, resume, LoRA merge, distillation, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.nn import functional as F
+
+import layercut.heal as heal_module
+from layercut import cli
+from layercut.data import builtin_text
+from layercut.errors import ConfigError, DataError
+from layercut.export import save_checkpoint
+from layercut.heal import NonFiniteLossError, build_config, chop_layers, export_healed, heal
+from layercut.healing.lora import add_lora, merge_lora
+from layercut.healing.losses import kd_loss
+from layercut.healing.schedule import batch_indices, lr_factor, planned_steps
+from tests.conftest import random_windows, tiny_loaded
+
+
+@pytest.fixture
+def small_text(tmp_path: Path) -> Path:
+    path = tmp_path / "train.txt"
+    path.write_text(builtin_text("builtin:pydoc-calib")[:40_000])
+    return path
+
+
+@pytest.fixture
+def held_out(tmp_path: Path) -> Path:
+    path = tmp_path / "held_out.txt"
+    path.write_text(builtin_text("builtin:pydoc-eval")[:8_000])
+    return path
+
+
+def quick_config(data: Path, **overrides) -> heal_module.HealConfig:
+    settings = dict(data=str(data), steps=4, lr=3e-3, warmup=1, batch_size=2, seq_len=32, progress=False)
+    return build_config(**{**settings, **overrides})
+
+
+def max_weight_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    b_params = dict(b.named_parameters())
+    return max(float((p.detach() - b_params[name].detach()).abs().max()) for name, p in a.named_parameters())
+
+
+def test_chop_layers_keeps_first_and_last():
+    assert chop_layers(30, 8) == list(range(11, 19))
+    for num_layers in range(3, 33):
+        for cut in range(1, num_layers - 1):
+            dropped = chop_layers(num_layers, cut)
+            assert len(dropped) == cut and dropped == list(range(dropped[0], dropped[0] + cut))
+            assert 0 not in dropped and num_layers - 1 not in dropped
+    for bad_cut in (0, 29):
+        with pytest.raises(ConfigError):
+            chop_layers(30, bad_cut)
+
+
+def test_schedule_warmup_cosine_and_budget():
+    assert [lr_factor(s, 4, 20, 0.1) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(12, 4, 20, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
+    assert planned_steps(100, None, 512) == 100
+    assert planned_steps(None, 5000, 512) == 10
+    assert planned_steps(3, 5000, 512) == 3
+
+
+def test_batch_order_is_seeded_and_covers_each_epoch():
+    epoch = torch.cat([batch_indices(10, 3, seed=7, position=p) for p in range(3)])
+    assert len(set(epoch.tolist())) == 9
+    assert torch.equal(batch_indices(10, 3, 7, 4), batch_indices(10, 3, 7, 4))
+    assert not torch.equal(batch_indices(10, 3, 7, 0), batch_indices(10, 3, 8, 0))
+
+
+def test_kd_loss_matches_direct_formula_and_is_zero_for_equal_logits():
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 11, generator=generator), torch.randn(2, 5, 11, generator=generator)
+    assert float(kd_loss(student, student, 2.0)) == pytest.approx(0.0, abs=1e-7)
+    p_teacher = F.softmax(teacher / 2.0, -1)
+    direct = (p_teacher * (p_teacher.log() - F.log_softmax(student / 2.0, -1))).sum(-1).mean() * 4.0
+    assert float(kd_loss(student, teacher, 2.0)) == pytest.approx(float(direct), rel=1e-5)
+
+
+def test_training_lowers_held_out_perplexity(small_text, held_out, tmp_path):
+    loaded = tiny_loaded("llama")
+    result = heal(loaded, quick_config(small_text, steps=8, ppl=str(held_out), eval_every=4, work_dir=str(tmp_path / "w")))
+    assert result.ppl_after < 0.8 * result.ppl_before
+    log = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 9)) and "eval_ppl" in log[3]
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert (tmp_path / "w" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert result.tokens == 8 * 2 * 32 and result.tokens_per_second > 0
+
+
+@pytest.mark.parametrize("mode, extra", [("full", {"grad_accum": 2}), ("lora", {"lora_rank": 4})])
+def test_resume_continues_bit_exactly(small_text, tmp_path, mode, extra):
+    straight = tiny_loaded("llama")
+    heal(straight, quick_config(small_text, mode=mode, save_every=2, work_dir=str(tmp_path / "a"), **extra))
+    resumed = tiny_loaded("llama")
+    config = quick_config(small_text, mode=mode, work_dir=str(tmp_path / "b"),
+                          resume=str(tmp_path / "a" / "checkpoint-000002"), **extra)
+    result = heal(resumed, config)
+    assert result.steps == 4
+    assert max_weight_diff(straight.model, resumed.model) <= 1e-6
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(small_text, tmp_path, monkeypatch):
+    straight = tiny_loaded("llama")
+    heal(straight, quick_config(small_text))
+    real_step, calls = heal_module.train_step, []
+
+    def interrupted_step(run, step):
+        calls.append(step)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(run, step)
+
+    monkeypatch.setattr(heal_module, "train_step", interrupted_step)
+    first = heal(tiny_loaded("llama"), quick_config(small_text, work_dir=str(tmp_path / "w")))
+    assert first.interrupted and first.steps == 2
+    assert first.checkpoint == str(tmp_path / "w" / "checkpoint-000002")
+    monkeypatch.setattr(heal_module, "train_step", real_step)
+    resumed = tiny_loaded("llama")
+    heal(resumed, quick_config(small_text, work_dir=str(tmp_path / "w"), resume=first.checkpoint))
+    assert max_weight_diff(straight.model, resumed.model) <= 1e-6
+
+
+def test_lora_merge_equals_adapter_logits_and_reloads_in_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    loaded = tiny_loaded("llama")
+    wrapped = add_lora(loaded.model, loaded.adapter, rank=4, alpha=8.0, dropout=0.0)
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.05)
+    windows = random_windows()
+    with torch.no_grad():
+        adapter_logits = wrapped(input_ids=windows).logits
+        loaded.model = merge_lora(wrapped)
+        merged_logits = loaded.model(input_ids=windows).logits
+    assert float((adapter_logits - merged_logits).abs().max()) < 1e-5
+    save_checkpoint(loaded, tmp_path / "merged", {"command": "heal", "method": "layerchop-lora"})
+    assert not any("lora" in key for key in load_file(str(tmp_path / "merged" / "model.safetensors")))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        assert float((reloaded(input_ids=windows).logits - adapter_logits).abs().max()) < 1e-5
+
+
+def test_lora_heal_exports_a_plain_checkpoint(small_text, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    loaded = tiny_loaded("qwen2")
+    config = quick_config(small_text, mode="lora", steps=2, work_dir=str(tmp_path / "out"), save_every=2)
+    result = heal(loaded, config)
+    out = export_healed(loaded, config, result, tmp_path / "out")
+    record = json.loads((out / "layercut.json").read_text())["steps"][-1]
+    assert record["method"] == "layerchop-lora" and record["params"]["steps"] == 2
+    assert (out / "checkpoint-000002" / "trainer_state.json").is_file() and (out / "loss_curve.png").is_file()
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    windows = random_windows()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=windows).logits, loaded.model(input_ids=windows).logits, atol=1e-5)
+
+
+def test_distilling_from_an_identical_teacher_has_zero_kl(small_text, tmp_path):
+    loaded = tiny_loaded("llama")
+    teacher = copy.deepcopy(loaded)
+    config = quick_config(small_text, steps=1, kd_weight=1.0, kd_temperature=2.0, work_dir=str(tmp_path / "w"))
+    heal(loaded, config, teacher=teacher)
+    record = json.loads((tmp_path / "w" / "log.jsonl").read_text().splitlines()[0])
+    assert record["kl"] == pytest.approx(0.0, abs=1e-6) and record["ce"] > 1.0
+    assert record["loss"] == pytest.approx(0.0, abs=1e-6) and record["grad_norm"] < 1e-4
+
+
+def test_resume_from_another_models_checkpoint_is_refused(small_text, tmp_path):
+    heal(tiny_loaded("llama"), quick_config(small_text, steps=2, save_every=2, work_dir=str(tmp_path / "a")))
+    with pytest.raises(ConfigError, match="another model"):
+        heal(tiny_loaded("llama", num_layers=4),
+             quick_config(small_text, resume=str(tmp_path / "a" / "checkpoint-000002"), work_dir=str(tmp_path / "b")))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_text, tmp_path, monkeypatch):
+    real_loss, calls = heal_module.next_token_loss, []
+
+    def diverging_loss(logits, input_ids):
+        calls.append(1)
+        loss = real_loss(logits, input_ids)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(heal_module, "next_token_loss", diverging_loss)
+    work = tmp_path / "w"
+    with pytest.raises(NonFiniteLossError, match="checkpoint-000002"):
+        heal(tiny_loaded("llama"), quick_config(small_text, save_every=1, work_dir=str(work)))
+    assert sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-000001", "checkpoint-000002"]
+    assert json.loads((work / "checkpoint-000002" / "trainer_state.json").read_text())["step"] == 2
+
+
+def test_data_shorter_than_one_window_is_a_data_error(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words here.")
+    with pytest.raises(DataError, match="fewer than one window"):
+        heal(tiny_loaded("llama"), quick_config(short, seq_len=64))
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path) -> Path:
+    loaded = tiny_loaded("llama")
+    loaded.model.save_pretrained(tmp_path / "tiny")
+    loaded.tokenizer.save_pretrained(tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+def test_cli_heals_and_reports_bad_input_in_one_line(tiny_model_dir, small_text, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("layercut.commands.heal",))
+    base = ["heal", "--model", str(tiny_model_dir), "--data", str(small_text), "--seq-len", "32",
+            "--batch-size", "2", "--no-progress"]
+    assert cli.main([*base, "--steps", "2", "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "layercut.json").read_text())["steps"][-1]["command"] == "heal"
+    capsys.readouterr()
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    bad = ["heal", "--model", str(tiny_model_dir), "--data", str(short), "--steps", "2", "--no-progress",
+           "--out", str(tmp_path / "bad")]
+    assert cli.main(bad) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith("layercut: error:") and "fewer than one window" in last_line
