@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "layercut.commands.prune",
     "layercut.commands.eval",
     "layercut.commands.heal",
+    "layercut.commands.slim",
 )
 
 
