@@ -103,3 +103,16 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data missing: {path}")
     return path
+
+
+def save_tiny(directory: Path, family: str = "llama", num_layers: int = 6) -> Path:
+    """Write a tiny random model + tokenizer as a plain Hugging Face directory."""
+    loaded = tiny_loaded(family, num_layers)
+    loaded.model.save_pretrained(directory)
+    loaded.tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path) -> Path:
+    return save_tiny(tmp_path / "tiny-llama")

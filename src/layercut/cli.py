@@ -20,7 +20,8 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="layercut", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="layercut", description="Make causal LMs shallower and slimmer: scan, prune, slim, heal, evaluate, export.")
     parser.add_argument("--version", action="version", version=f"layercut {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:

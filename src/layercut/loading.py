@@ -196,6 +196,9 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "auto",
             raise ModelLoadError(f"model path '{spec}' does not exist; check the path, or use the alias smollm2-135m")
         else:
             location, source = spec, spec
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a float checkpoint loads in seconds; the bar is noise
     try:
         tokenizer = _load_tokenizer(str(location), trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -209,6 +212,8 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "auto",
             "(offline?); pass a local directory, a .gguf file or the alias smollm2-135m") from None
     except ValueError as exc:
         raise ModelLoadError(f"cannot load model '{spec}': {str(exc).splitlines()[0]}") from None
+    finally:
+        hf_logging.enable_progress_bar()
     return _finish(model, tokenizer, dev, device_map, source, history)
 
 

@@ -77,6 +77,9 @@ def _validate(loaded: LoadedModel, request: PruneRequest) -> None:
         raise ConfigError(f"unknown --select '{request.select}'; choose one of: {', '.join(SPAN_SCORES)}")
     if request.start is not None and request.num_cuts != 1:
         raise ConfigError("--start places a single cut; drop --num-cuts or --start")
+    if request.start is not None and (request.start < 0 or request.start + request.cut > num_layers):
+        raise ConfigError(f"--start {request.start} with --cut {request.cut} does not fit: the span must lie in "
+                          f"blocks 0..{num_layers - 1}")
 
 
 def _span_summary(calibration: Calibration, select: str) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def fit_cosine(rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor], init: torc
             loss = cosine_loss(transform, mlp_out[pick], attn_out[pick], span_out[pick], objective)
             loss.backward()
             optimizer.step()
-        bar.set_postfix(loss=f"{float(loss):.5f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.5f}")
     return transform.detach().double()
 
 
