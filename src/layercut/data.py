@@ -50,19 +50,25 @@ def _read_jsonl(path: Path, text_field: str) -> str:
     return "\n\n".join(pieces)
 
 
-def _read_hf_dataset(spec: str, text_field: str) -> str:
+def load_hf_dataset(spec: str, default_split: str = "train") -> Any:
+    """The split of a Hugging Face dataset named `hf:NAME[:CONFIG][:SPLIT]` (needs `datasets`, online)."""
     parts = spec[len("hf:"):].split(":")
     name, config, split = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None), \
-        (parts[2] if len(parts) > 2 else "train")
+        (parts[2] if len(parts) > 2 else default_split)
     try:
         import datasets
     except ImportError:
         raise DataError("reading Hugging Face datasets needs the 'datasets' package: pip install 'layercut[hub]'") from None
     try:
-        dataset = datasets.load_dataset(name, config, split=split)
+        return datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # network and hub errors come in many types
         raise DataError(f"cannot load dataset '{name}' (offline?): {str(exc).splitlines()[0][:200]}; "
                         "pass a local text or JSONL file instead") from None
+
+
+def _read_hf_dataset(spec: str, text_field: str) -> str:
+    dataset = load_hf_dataset(spec)
+    name = spec[len("hf:"):].split(":")[0]
     if text_field not in dataset.column_names:
         raise DataError(f"dataset '{name}' has no column '{text_field}' (columns: {', '.join(dataset.column_names)}); "
                         "pass --text-field")

@@ -1,0 +1,213 @@
+"""Compare a model with its baseline and write the result: a console/markdown table, JSON, a PNG.
+
+Retention = model score / baseline score, per task and as the mean of the per-task retentions
+(ALGORITHMS.md §6). Stability is LLM-Streamline's (see `stability.py`) on multiple-choice tasks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from layercut import __version__
+from layercut.evaluation.stability import choice_probabilities, stability
+from layercut.evaluation.suite import ModelEvaluation
+from layercut.evaluation.tasks import CHOICE
+from layercut.evaluation.zeroshot import TaskResult
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    """value / reference, or None when either is missing or the reference is zero."""
+    if value is None or reference is None or reference == 0:
+        return None
+    return value / reference
+
+
+def task_stability(model: TaskResult, baseline: TaskResult) -> float | None:
+    """Stability of `model` against `baseline` on one multiple-choice task (None for cloze tasks)."""
+    if model.kind != CHOICE or model.items != baseline.items:
+        return None
+    dense_scores = [choice_probabilities(lls) for lls in baseline.choice_logprobs]
+    return stability(dense_scores, baseline.correct, model.correct)
+
+
+def compare(model: ModelEvaluation, baseline: ModelEvaluation | None) -> dict[str, Any]:
+    """Per-task rows (score, baseline score, retention, stability) and their means."""
+    rows = []
+    for name, result in model.tasks.items():
+        reference = baseline.tasks.get(name) if baseline else None
+        rows.append({"task": name, "metric": result.metric, "model": result.score,
+                     "baseline": reference.score if reference else None,
+                     "retention": ratio(result.score, reference.score if reference else None),
+                     "stability": task_stability(result, reference) if reference else None})
+    mean: dict[str, Any] = {}
+    if rows:
+        mean["model"] = sum(row["model"] for row in rows) / len(rows)
+        if baseline:
+            mean["baseline"] = sum(row["baseline"] for row in rows) / len(rows)
+            retained = [row["retention"] for row in rows if row["retention"] is not None]
+            mean["retention"] = sum(retained) / len(retained) if retained else None
+            stable = [row["stability"] for row in rows if row["stability"] is not None]
+            mean["stability"] = sum(stable) / len(stable) if stable else None
+    return {"tasks": rows, "mean": mean}
+
+
+def build_report(model: ModelEvaluation, baseline: ModelEvaluation | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document of an evaluation run."""
+    return {"layercut_version": __version__,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "settings": settings, "model": model.to_dict(), "baseline": baseline.to_dict() if baseline else None,
+            "comparison": compare(model, baseline)}
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def _times(value: float | None) -> str:
+    return "" if value is None else f"x{value:.2f}"
+
+
+def _count(value: float | None) -> str:
+    return "" if value is None else f"{value / 1e6:.1f}M"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3g}" if abs(value) >= 1e6 else f"{value:,.{digits}f}"
+
+
+def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary table; with a baseline: dense | pruned | retention | stability."""
+    model, baseline = report["model"], report["baseline"]
+    comparison = report["comparison"]
+    has_base = baseline is not None
+    header = ["", "dense", "pruned", "retention", "stability"] if has_base else ["", "score"]
+
+    def row(label: str, base_value: str, value: str, change: str = "", stable: str = "") -> list[str]:
+        return [label, base_value, value, change, stable] if has_base else [label, value]
+
+    rows = [row(f"{r['task']} ({r['metric']})", _pct(r["baseline"]), _pct(r["model"]),
+                f"{_pct(r['retention'])}%" if r["retention"] is not None else "", _num(r["stability"], 3))
+            for r in comparison["tasks"]]
+    mean = comparison["mean"]
+    if len(comparison["tasks"]) > 1:
+        rows.append(row("mean", _pct(mean.get("baseline")), _pct(mean.get("model")),
+                        f"{_pct(mean['retention'])}%" if mean.get("retention") is not None else "",
+                        _num(mean.get("stability"), 3)))
+    for name, result in model["tasks"].items():
+        if "perplexity" in result["metrics"]:
+            base_ppl = baseline["tasks"][name]["metrics"]["perplexity"] if has_base else None
+            rows.append(row(f"{name} perplexity", _num(base_ppl), _num(result["metrics"]["perplexity"]),
+                            _times(ratio(result["metrics"]["perplexity"], base_ppl))))
+    if model["perplexity"]:
+        ppl = model["perplexity"]
+        base_ppl = baseline["perplexity"]["perplexity"] if has_base and baseline["perplexity"] else None
+        rows.append(row(f"perplexity ({Path(ppl['source']).name})", _num(base_ppl), _num(ppl["perplexity"]),
+                        _times(ratio(ppl["perplexity"], base_ppl))))
+    rows.append(row("parameters", _count(baseline["parameters"]) if has_base else "", _count(model["parameters"]),
+                    f"{_pct(ratio(model['parameters'], baseline['parameters']))}%" if has_base else ""))
+    rows.append(row("layers", str(baseline["layers"]) if has_base else "", str(model["layers"])))
+    for key, label in (("perplexity_tokens_per_second", "speed, perplexity pass (tok/s)"),
+                       ("task_tokens_per_second", "speed, task scoring (tok/s)")):
+        if model["speed"][key] is not None:
+            base_speed = baseline["speed"][key] if has_base else None
+            rows.append(row(label, _num(base_speed, 0), _num(model["speed"][key], 0),
+                            _times(ratio(model["speed"][key], base_speed))))
+    return header, rows
+
+
+def render_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown pipe table padded to align in a terminal."""
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = [cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(cells)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def settings_lines(report: dict[str, Any]) -> list[str]:
+    """What was measured and how, one fact per line."""
+    settings, model, baseline = report["settings"], report["model"], report["baseline"]
+    lines = [f"pruned model: {model['model']}" if baseline else f"model: {model['model']}"]
+    if baseline:
+        lines.append(f"dense model: {baseline['model']}")
+    if model["perplexity"]:
+        ppl = model["perplexity"]
+        lines.append(f"perplexity: {ppl['source']}, {ppl['windows']} windows x {ppl['seq_len']} tokens "
+                     f"({ppl['predicted_tokens']:,} predicted, BOS {'on' if ppl['bos'] else 'off'})")
+    if model["tasks"]:
+        limit = settings.get("limit")
+        lines.append(f"tasks: {settings.get('num_fewshot', 0)}-shot, "
+                     f"{'first ' + str(limit) + ' items' if limit else 'all items'}; scores in %")
+    lines.append(f"device: {settings.get('device')}, dtype: {settings.get('dtype')}")
+    return lines
+
+
+def render_console(report: dict[str, Any]) -> str:
+    header, rows = table_rows(report)
+    return "\n".join([*settings_lines(report), "", render_table(header, rows)])
+
+
+def render_markdown(report: dict[str, Any], plot_name: str | None = None) -> str:
+    """The --report document: settings, the table, and the chart when one was drawn."""
+    header, rows = table_rows(report)
+    lines = ["# layercut evaluation", "", *(f"- {line}" for line in settings_lines(report)),
+             f"- date: {report['date']}, layercut {report['layercut_version']}", "",
+             render_table(header, rows), ""]
+    if plot_name:
+        lines += [f"![scores]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def render_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2) + "\n"
+
+
+def plot_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Bar chart of per-task scores (dense next to pruned) and of perplexity, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model, baseline = report["model"], report["baseline"]
+    tasks = report["comparison"]["tasks"]
+    panels = (1 if tasks else 0) + (1 if model["perplexity"] else 0)
+    figure, axes = plt.subplots(1, max(panels, 1), figsize=(4 + 1.2 * len(tasks) + 3 * (panels > 1), 4),
+                                squeeze=False, gridspec_kw={"width_ratios": [max(len(tasks), 1), 1][:max(panels, 1)]})
+    width = 0.4 if baseline else 0.8
+    names = ["dense", "pruned"] if baseline else ["model"]
+    panel = 0
+    if tasks:
+        ax = axes[0][panel]
+        positions = range(len(tasks))
+        if baseline:
+            ax.bar([p - width / 2 for p in positions], [100 * t["baseline"] for t in tasks], width, label=names[0])
+        ax.bar([p + (width / 2 if baseline else 0) for p in positions], [100 * t["model"] for t in tasks], width,
+               label=names[-1])
+        ax.set_xticks(list(positions), [t["task"] for t in tasks], rotation=30, ha="right")
+        ax.set_ylabel("score (%)")
+        ax.legend()
+        panel += 1
+    if model["perplexity"]:
+        ax = axes[0][panel]
+        values = ([baseline["perplexity"]["perplexity"]] if baseline and baseline["perplexity"] else []) + \
+            [model["perplexity"]["perplexity"]]
+        ax.bar(names[-len(values):], values, color=["C0", "C1"][-len(values):])
+        ax.set_ylabel("perplexity")
+    figure.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}.png")
+    figure.savefig(staging, dpi=110)
+    plt.close(figure)
+    os.replace(staging, target)
+    return target

@@ -1,0 +1,223 @@
+"""Log-likelihood of continuations given contexts, with lm-evaluation-harness conventions, fast.
+
+Conventions of the harness's Hugging Face backend: the tokenizer adds its own special tokens (a
+BOS for Gemma or Llama-2); trailing spaces of the context move to the front of the continuation;
+context + continuation is tokenised whole and split where the context's own tokens end; an
+empty context gets the BOS (else EOS) token; an over-long input keeps its rightmost tokens.
+
+Speed: requests that share a token prefix (the choices of one question) are packed in one row:
+the shared prefix once, then each request's own tokens. An attention mask lets each request see
+the prefix and itself only, and position ids continue the prefix, so each request gets exactly
+the logits a row of its own would give, while the prefix is computed once. Rows are
+left-padded and sorted by length so batches pad little, and the vocabulary projection runs only
+on the tail of the rows where continuation tokens are predicted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from layercut.errors import DataError
+
+PREFIX, PADDING = -1, -2
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A continuation's summed log-probability and whether greedy decoding would produce it."""
+
+    logprob: float
+    greedy: bool
+
+
+@dataclass
+class PackedRow:
+    """One model input row: a shared prefix then each request's own tokens.
+
+    `segments[i]` is PREFIX for a prefix token, else the local index of the request owning token i.
+    `targets[r]` holds, for local request r, the row indices whose logits predict its continuation
+    tokens and those tokens.
+    """
+
+    tokens: list[int]
+    positions: list[int]
+    segments: list[int]
+    request_ids: list[int]
+    targets: list[tuple[list[int], list[int]]] = field(default_factory=list)
+
+
+@dataclass
+class ScoringStats:
+    """What a scoring pass cost: tokens run through the model (padding excluded), rows, seconds."""
+
+    tokens: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def prefix_token(tokenizer: Any) -> int:
+    """The token an empty context starts from: BOS when the tokenizer has one, else EOS."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise DataError("an empty context needs a BOS or EOS token, and this tokenizer has neither; "
+                        "give every item a non-empty context")
+    return int(token)
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str, max_len: int) -> tuple[list[int], int]:
+    """Token ids of context + continuation (at most `max_len` + 1, rightmost kept) and how many of
+    them, at the end, belong to the continuation."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    if context:
+        whole = tokenizer(context + continuation)["input_ids"]
+        context_len = len(tokenizer(context)["input_ids"])
+    else:
+        whole = [prefix_token(tokenizer)] + tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        context_len = 1
+    cont_len = len(whole) - context_len
+    if cont_len < 1:
+        raise DataError(f"continuation {continuation!r} is empty after tokenisation; every choice needs text")
+    if cont_len > max_len:
+        raise DataError(f"continuation {continuation[:40]!r}... has {cont_len} tokens, more than the model's "
+                        f"{max_len}; shorten it")
+    return list(whole[-(max_len + 1):]), cont_len
+
+
+def shared_prefix_len(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the common token prefix, leaving every sequence at least one token of its own."""
+    limit = min(len(seq) for seq in sequences) - 1
+    length = 0
+    while length < limit and all(seq[length] == sequences[0][length] for seq in sequences):
+        length += 1
+    return length
+
+
+def pack_row(sequences: Sequence[list[int]], cont_lens: Sequence[int], request_ids: Sequence[int]) -> PackedRow:
+    """Pack requests into one row: their shared prefix once, then each one's remaining tokens
+    (except its last, which predicts nothing)."""
+    shared = shared_prefix_len(sequences)
+    row = PackedRow(tokens=list(sequences[0][:shared]), positions=list(range(shared)), segments=[PREFIX] * shared,
+                    request_ids=list(request_ids))
+    for local, (seq, cont_len) in enumerate(zip(sequences, cont_lens)):
+        start = len(row.tokens)
+        own = seq[shared:-1]
+        row.tokens += own
+        row.positions += range(shared, shared + len(own))
+        row.segments += [local] * len(own)
+        # token k of `seq` is predicted at sequence index k - 1; map that index into the row
+        predictors = [k - 1 if k - 1 < shared else start + k - 1 - shared for k in range(len(seq) - cont_len, len(seq))]
+        row.targets.append((predictors, list(seq[-cont_len:])))
+    return row
+
+
+def pack_groups(encoded: Sequence[tuple[list[int], int]], groups: Sequence[Sequence[int]], max_len: int,
+                share_prefix: bool = True) -> list[PackedRow]:
+    """Rows for all requests: one row per group (e.g. a question's choices) when it fits in
+    `max_len`, else one row per request."""
+    rows = []
+    for group in groups:
+        if share_prefix and len(group) > 1:
+            candidate = pack_row([encoded[i][0] for i in group], [encoded[i][1] for i in group], group)
+            if len(candidate.tokens) <= max_len:
+                rows.append(candidate)
+                continue
+        rows += [pack_row([encoded[i][0]], [encoded[i][1]], [i]) for i in group]
+    return rows
+
+
+def attention_bias(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive 4-D mask [B, 1, L, L]: causal, and a token sees only the prefix and its own request."""
+    length = segments.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
+    keys, queries = segments[:, None, :], segments[:, :, None]
+    allowed = causal & ((keys == queries) | (keys == PREFIX))
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
+    return bias.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def tail_length(rows: Sequence[PackedRow]) -> int:
+    """How many final positions of the left-padded batch hold every predicting position."""
+    return max(len(row.tokens) - min(min(p) for p, _ in row.targets) for row in rows)
+
+
+def score_batch(model: nn.Module, rows: Sequence[PackedRow], pad_id: int) -> list[tuple[int, Scored]]:
+    """Run one left-padded batch of rows; return (request id, Scored) for every request in it."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    width = max(len(row.tokens) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = torch.full((len(rows), width), PADDING, dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, width - len(row.tokens):] = torch.tensor(row.tokens)
+        positions[b, width - len(row.tokens):] = torch.tensor(row.positions)
+        segments[b, width - len(row.tokens):] = torch.tensor(row.segments)
+    keep = tail_length(rows)
+    logits = model(input_ids=ids.to(device), position_ids=positions.to(device),
+                   attention_mask=attention_bias(segments.to(device), dtype), logits_to_keep=keep,
+                   use_cache=False).logits
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    greedy = logprobs.argmax(dim=-1)
+    batch_index, column, target, owner = [], [], [], []
+    for b, row in enumerate(rows):
+        for local, (predictors, tokens) in enumerate(row.targets):
+            batch_index += [b] * len(tokens)
+            column += [keep - len(row.tokens) + p for p in predictors]
+            target += tokens
+            owner += [(b, local)] * len(tokens)
+    where = (torch.tensor(batch_index, device=device), torch.tensor(column, device=device))
+    targets = torch.tensor(target, device=device)
+    picked = logprobs[where].gather(-1, targets[:, None])[:, 0].tolist()
+    hits = (greedy[where] == targets).tolist()
+    totals: dict[tuple[int, int], list] = {}
+    for key, value, hit in zip(owner, picked, hits):
+        entry = totals.setdefault(key, [0.0, True])
+        entry[0] += value
+        entry[1] = entry[1] and hit
+    return [(rows[b].request_ids[local], Scored(lp, ok)) for (b, local), (lp, ok) in totals.items()]
+
+
+def model_max_len(model: nn.Module, default: int = 2048) -> int:
+    """The longest input the model takes (its max_position_embeddings / n_positions)."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return default
+
+
+def score_requests(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[str, str]],
+                   groups: Sequence[Sequence[int]] | None = None, batch_size: int = 16,
+                   progress: bool = True, desc: str = "scoring",
+                   stats: ScoringStats | None = None) -> list[Scored]:
+    """Score (context, continuation) pairs; `groups` lists request indices worth packing together
+    (by default each request alone). Returns one `Scored` per request, in order."""
+    max_len = model_max_len(model)
+    encoded = [encode_pair(tokenizer, context, continuation, max_len) for context, continuation in requests]
+    rows = pack_groups(encoded, groups if groups is not None else [[i] for i in range(len(requests))], max_len)
+    rows.sort(key=lambda row: len(row.tokens), reverse=True)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    results: list[Scored | None] = [None] * len(requests)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not progress,
+                          leave=False):
+            for request_id, scored in score_batch(model, rows[start:start + batch_size], pad_id):
+                results[request_id] = scored
+    if stats is not None:
+        stats.tokens += sum(len(row.tokens) for row in rows)
+        stats.rows += len(rows)
+        stats.seconds += time.perf_counter() - started
+    return [result for result in results if result is not None]
