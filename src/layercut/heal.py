@@ -96,6 +96,8 @@ class HealConfig(BaseModel):
     def _needs_a_length(self) -> HealConfig:
         if self.steps is None and self.tokens is None:
             raise ValueError("give --steps or --tokens (or both: healing stops at whichever comes first)")
+        if self.eval_every and self.ppl is None:
+            raise ValueError("--eval-every needs --ppl, the held-out text to measure")
         return self
 
     @property
