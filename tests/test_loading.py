@@ -57,3 +57,9 @@ def test_corrupt_and_truncated_gguf(tmp_path):
 def test_dtype_defaults():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="Hugging Face Hub"):
+        load_model("layercut-test/no-such-model", device="cpu")

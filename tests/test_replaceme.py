@@ -148,3 +148,12 @@ def test_bad_requests():
         prune(loaded, random_windows(), PruneRequest(method="nope", cut=1))
     with pytest.raises(ConfigError, match="does not fit"):
         prune(loaded, random_windows(), PruneRequest(method="replaceme-lstsq", cut=2, start=3, progress=False))
+
+
+def test_same_seed_same_pruned_weights():
+    weights = []
+    for _ in range(2):
+        loaded = tiny_loaded("llama", num_layers=6)
+        prune(loaded, random_windows(6, 16), PruneRequest(method="replaceme-lstsq", cut=2, progress=False))
+        weights.append(loaded.model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
