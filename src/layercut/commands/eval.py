@@ -7,7 +7,7 @@ import gc
 import os
 from pathlib import Path
 
-from layercut.commands.common import add_model_args, load_from_args, seed_everything
+from layercut.commands.common import add_model_args, load_from_args
 from layercut.errors import ConfigError
 from layercut.evaluation.report import build_report, plot_report, render_console, render_json, render_markdown
 from layercut.evaluation.suite import ModelEvaluation, PerplexitySettings, evaluate_model
@@ -59,9 +59,7 @@ def load_tasks(args: argparse.Namespace) -> list[Task]:
 def evaluate_spec(spec: str, args: argparse.Namespace, tasks: list[Task],
                   ppl: PerplexitySettings | None) -> ModelEvaluation:
     """Load one model, evaluate it, and release it before the next one is loaded."""
-    args.model = spec
-    loaded = load_from_args(args)
-    seed_everything(args.seed)
+    loaded = load_from_args(argparse.Namespace(**{**vars(args), "model": spec}))
     evaluation = evaluate_model(loaded, tasks, ppl, args.batch_size, not args.no_progress)
     del loaded
     gc.collect()
@@ -80,10 +78,9 @@ def run(args: argparse.Namespace) -> int:
     tasks = load_tasks(args)
     ppl = PerplexitySettings(args.ppl, args.seq_len, args.max_tokens, args.ppl_batch_size, args.text_field) \
         if args.ppl else None
-    model_spec = args.model
-    evaluation = evaluate_spec(model_spec, args, tasks, ppl)
+    evaluation = evaluate_spec(args.model, args, tasks, ppl)
     baseline = evaluate_spec(args.baseline, args, tasks, ppl) if args.baseline else None
-    settings = {"model": model_spec, "baseline": args.baseline, "ppl": args.ppl, "max_tokens": args.max_tokens,
+    settings = {"model": args.model, "baseline": args.baseline, "ppl": args.ppl, "max_tokens": args.max_tokens,
                 "seq_len": args.seq_len, "tasks": [task.name for task in tasks], "tasks_dir": args.tasks_dir,
                 "limit": args.limit, "num_fewshot": args.num_fewshot, "batch_size": args.batch_size,
                 "dtype": args.dtype, "device": args.device, "seed": args.seed}
