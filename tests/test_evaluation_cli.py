@@ -30,8 +30,7 @@ def test_side_by_side_eval_writes_json_report_and_plot(tiny_dirs, tmp_path, text
     out = tmp_path / "out"
     code = run_eval("--model", pruned, "--baseline", dense, "--ppl", text_file, "--max-tokens", 512,
                     "--seq-len", 128, "--tasks", "piqa,winogrande,lambada", "--tasks-dir", shared_data("tasks"),
-                    "--limit", 4, "--json", out / "eval.json", "--report", out / "report.md",
-                    "--plot", out / "scores.png")
+                    "--limit", 4, "--json", out / "eval.json", "--report", out / "report.md")
     table = capsys.readouterr().out
     assert code == 0
     report = json.loads((out / "eval.json").read_text())
@@ -45,8 +44,8 @@ def test_side_by_side_eval_writes_json_report_and_plot(tiny_dirs, tmp_path, text
     assert report["model"]["speed"]["task_tokens_per_second"] > 0
     for words in ("dense", "pruned", "retention", "stability", "perplexity", "parameters", "tok/s"):
         assert words in table
-    assert "![scores](scores.png)" in (out / "report.md").read_text()
-    assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![scores](report.png)" in (out / "report.md").read_text()
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_same_model_as_baseline_keeps_everything(tiny_dirs, tmp_path, capsys):

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="packed questions per forward pass")
     parser.add_argument("--json", help="write all results as JSON here")
     parser.add_argument("--report", help="write a markdown report here")
-    parser.add_argument("--plot", help="write a PNG bar chart here")
+    parser.add_argument("--plot", help="write a PNG bar chart here (default with --report: next to it, .png)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --json/--report/--plot files")
     parser.set_defaults(run=run)
@@ -66,15 +66,32 @@ def evaluate_spec(spec: str, args: argparse.Namespace, tasks: list[Task],
     return evaluation
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse existing outputs before any work; --report brings a chart next to it unless --plot is set."""
+    if args.report and not args.plot:
+        args.plot = str(Path(args.report).with_suffix(".png"))
+    for path in (args.json, args.report, args.plot):
+        if path:
+            ensure_output_free(path, args.overwrite)
+
+
+def write_outputs(report: dict, args: argparse.Namespace) -> None:
+    if args.plot:
+        plot_report(report, ensure_output_free(args.plot, args.overwrite))
+    if args.report:
+        plot_link = os.path.relpath(Path(args.plot).resolve(), Path(args.report).resolve().parent)
+        write_text_atomic(args.report, render_markdown(report, plot_link), args.overwrite)
+    if args.json:
+        write_text_atomic(args.json, render_json(report), args.overwrite)
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.ppl and not args.tasks:
         raise ConfigError("nothing to evaluate; pass --ppl TEXT and/or --tasks piqa,arc_easy,... (with --tasks-dir)")
     for value, flag in ((args.batch_size, "--batch-size"), (args.ppl_batch_size, "--ppl-batch-size")):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1")
-    outputs = [path for path in (args.json, args.report, args.plot) if path]
-    for path in outputs:
-        ensure_output_free(path, args.overwrite)
+    check_outputs(args)
     tasks = load_tasks(args)
     ppl = PerplexitySettings(args.ppl, args.seq_len, args.max_tokens, args.ppl_batch_size, args.text_field) \
         if args.ppl else None
@@ -85,12 +102,6 @@ def run(args: argparse.Namespace) -> int:
                 "limit": args.limit, "num_fewshot": args.num_fewshot, "batch_size": args.batch_size,
                 "dtype": args.dtype, "device": args.device, "seed": args.seed}
     report = build_report(evaluation, baseline, settings)
-    if args.plot:
-        plot_report(report, ensure_output_free(args.plot, args.overwrite))
-    if args.report:
-        plot_link = os.path.relpath(Path(args.plot).resolve(), Path(args.report).resolve().parent) if args.plot else None
-        write_text_atomic(args.report, render_markdown(report, plot_link), args.overwrite)
-    if args.json:
-        write_text_atomic(args.json, render_json(report), args.overwrite)
+    write_outputs(report, args)
     print(render_console(report))
     return 0

@@ -241,19 +241,20 @@ def load_task(name: str, tasks_dir: str | Path | None = None, limit: int | None 
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1 (got {limit})")
     canonical = ALIASES.get(name, name)
-    metric = "acc"
+    metric, source = "acc", name
     if name.startswith("hf:"):
-        (items, fmt), source = read_hf_task(name), name
+        items, fmt = read_hf_task(name)
     elif canonical in REGISTRY:
         spec = REGISTRY[canonical]
         if tasks_dir is None:
             raise ConfigError(f"task '{name}' reads {spec.filename} from a folder; pass --tasks-dir DIR")
         path = Path(tasks_dir).expanduser() / spec.filename
-        (items, fmt), metric, source, name = read_task_file(path, spec.fmt, spec.prompt), spec.metric, str(path), \
-            canonical
+        items, fmt = read_task_file(path, spec.fmt, spec.prompt)
+        name, metric, source = canonical, spec.metric, str(path)
     elif name.endswith((".jsonl", ".json")) or Path(name).expanduser().is_file():
         path = Path(name).expanduser()
-        (items, fmt), source, name = read_task_file(path, "generic"), str(path), path.stem
+        items, fmt = read_task_file(path, "generic")
+        name, source = path.stem, str(path)
     else:
         raise ConfigError(f"unknown task '{name}'; use one of {known_task_names()}, a .jsonl file, or hf:NAME")
     chosen = add_fewshot(items[:limit] if limit else items, items, num_fewshot)
