@@ -32,7 +32,7 @@ class BlockCapture:
     mask: torch.Tensor
 
 
-def _first_tensor(output: object) -> torch.Tensor:
+def first_tensor(output: object) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
 
 
@@ -40,20 +40,22 @@ def _first_tensor(output: object) -> torch.Tensor:
 def _hooks(loaded: LoadedModel, hidden: list, mlp: dict, mlp_blocks: Collection[int], stop_after: int | None):
     blocks = loaded.adapter.blocks(loaded.model)
     handles = []
+    # With an accelerate device_map the blocks may sit on several devices: keep every capture on one.
+    device = loaded.device
 
     def grab_input(_module, args, kwargs):
-        hidden.append(args[0] if args else kwargs["hidden_states"])
+        hidden.append((args[0] if args else kwargs["hidden_states"]).to(device))
 
     handles.append(blocks[0].register_forward_pre_hook(grab_input, with_kwargs=True))
     for index, block in enumerate(blocks):
         def grab_output(_module, _args, output, index=index):
-            hidden.append(_first_tensor(output))
+            hidden.append(first_tensor(output).to(device))
             if stop_after is not None and index >= stop_after:
                 raise _StopForward
         handles.append(block.register_forward_hook(grab_output))
         if index in mlp_blocks:
             def grab_mlp(_module, _args, output, index=index):
-                mlp[index] = _first_tensor(output)
+                mlp[index] = first_tensor(output).to(device)
             handles.append(loaded.adapter.mlp_module(block).register_forward_hook(grab_mlp))
     try:
         yield
@@ -68,7 +70,12 @@ def forward_blocks(loaded: LoadedModel, windows: torch.Tensor, batch_size: int, 
     """Yield the block inputs/outputs (and chosen MLP outputs) of each batch of `windows`.
 
     Runs the model's decoder only (no LM head); with `stop_after=j` the pass ends after block j.
+    An onloaded model (`loaded.onload`) runs block by block from disk instead.
     """
+    if loaded.onload is not None:
+        yield from loaded.onload.forward_blocks(loaded, windows, batch_size, mlp_blocks=mlp_blocks,
+                                                stop_after=stop_after, desc=desc, progress=progress)
+        return
     base = loaded.model.base_model
     device = loaded.device
     rank, _ = rank_and_world()

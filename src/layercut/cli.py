@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from layercut import __version__
+from layercut.distributed import init_from_env, shutdown
 from layercut.errors import LayercutError
 
 COMMAND_MODULES = (
@@ -32,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    started = init_from_env()
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        if started:
+            shutdown()
+        return code
     except LayercutError as exc:
         print(f"layercut: error: {exc}", file=sys.stderr)
         return 2

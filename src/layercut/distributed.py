@@ -3,6 +3,8 @@ calibration windows and the sums are all-reduced. In a single process every help
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -32,3 +34,31 @@ def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
         moved = tensor.to(device)
         dist.all_reduce(moved, op=dist.ReduceOp.SUM)
         tensor.copy_(moved.to(tensor.device))
+
+
+def init_from_env() -> bool:
+    """Join the process group a launcher such as torchrun describes in the environment.
+
+    Called once by the CLI. With WORLD_SIZE > 1 it starts torch.distributed with NCCL when CUDA is
+    present (one GPU per local rank) and gloo otherwise; returns True when a group was started.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def shutdown() -> None:
+    """Leave the process group (after every rank has arrived), if one was started."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (or in a single process): the only rank that writes outputs and prints."""
+    return rank_and_world()[0] == 0

@@ -38,6 +38,7 @@ class LoadedModel:
     adapter: ArchAdapter
     source: str
     history: list[dict] = field(default_factory=list)
+    onload: Any = None  # an `onload.OnloadSource` when the blocks are read from disk one at a time
 
     @property
     def device(self) -> torch.device:
@@ -107,7 +108,7 @@ def check_gguf_file(path: Path) -> None:
                              "re-download or reinstall it") from None
 
 
-def _load_tokenizer(location: str, trust_remote_code: bool, **kwargs: Any) -> Any:
+def load_tokenizer(location: str, trust_remote_code: bool, **kwargs: Any) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
@@ -129,7 +130,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple
 
     check_gguf_file(path)
     try:
-        tokenizer = _load_tokenizer(str(path.parent), trust_remote_code, gguf_file=path.name)
+        tokenizer = load_tokenizer(str(path.parent), trust_remote_code, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
                                                      trust_remote_code=trust_remote_code)
     except (ValueError, KeyError, OSError) as exc:
@@ -138,7 +139,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple
     return model, tokenizer
 
 
-def _cached_alias_dir(alias: str, trust_remote_code: bool) -> Path:
+def cached_alias_dir(alias: str, trust_remote_code: bool) -> Path:
     """Return the safetensors copy of an alias model, converting it from GGUF on first use."""
     target = cache_dir() / alias
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
@@ -179,7 +180,7 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "auto",
 
     history: list[dict] = []
     if spec in ALIASES:
-        location = _cached_alias_dir(spec, trust_remote_code)
+        location = cached_alias_dir(spec, trust_remote_code)
         source = spec
     else:
         path = Path(spec).expanduser()
@@ -200,7 +201,7 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "auto",
 
     hf_logging.disable_progress_bar()  # a float checkpoint loads in seconds; the bar is noise
     try:
-        tokenizer = _load_tokenizer(str(location), trust_remote_code)
+        tokenizer = load_tokenizer(str(location), trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             str(location), dtype=torch_dtype, trust_remote_code=trust_remote_code,
             device_map=device_map)

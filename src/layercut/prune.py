@@ -17,6 +17,7 @@ import torch
 from layercut.capture import Calibration, LinearFitStats, calibrate, collect_fit, fit_memory_bytes
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
+from layercut.onload import materialize
 from layercut.replaceme import fit_cosine, fit_residual, fold_into_block, solve_lstsq
 from layercut.scores import SPAN_SCORES, redundancy
 from layercut.selection import choose_spans, spans_to_blocks
@@ -144,6 +145,7 @@ def _replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
             cut_info["cosine_residual"] = fit_residual(stats.gram, stats.cross, stats.target_sq, transform)
         transforms[fold_block] = transform
         details["cuts"].append(cut_info)
+    materialize(loaded, list(transforms))
     for fold_block, transform in transforms.items():
         fold_into_block(loaded, fold_block, transform)
     removed = remove_blocks(loaded, spans_to_blocks(starts, span_len))

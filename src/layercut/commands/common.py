@@ -22,6 +22,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow model code from the checkpoint to run (off by default)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--device-map", default=None,
+                        help="let accelerate place the model over several devices (e.g. auto); overrides --device")
 
 
 def add_calib_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -47,7 +49,8 @@ def seed_everything(seed: int) -> None:
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
     seed_everything(args.seed)
-    return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+                      device_map=args.device_map)
 
 
 def calib_from_args(args: argparse.Namespace, loaded: LoadedModel) -> torch.Tensor:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 
 from layercut.commands.common import (add_calib_args, add_model_args, add_output_args, calib_description,
-                                      calib_from_args, load_from_args)
+                                      calib_from_args, load_from_args, seed_everything)
+from layercut.distributed import is_main_process
+from layercut.errors import ConfigError
 from layercut.export import count_parameters, ensure_output_free, save_checkpoint
+from layercut.loading import LoadedModel
+from layercut.onload import OFFLOAD_CHOICES, load_onloaded, materialize
 from layercut.prune import METHODS, PruneRequest, prune
 
 
@@ -25,6 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fit-memory-budget", type=float, default=4.0,
                         help="GiB allowed for least-squares sums of every candidate cut in one pass; "
                              "above it a second pass fits only the chosen cut")
+    parser.add_argument("--offload", choices=OFFLOAD_CHOICES, default="none",
+                        help="layers: calibrate one block at a time from the safetensors on disk (CPU; for models "
+                             "larger than memory)")
+    parser.add_argument("--offload-dir", help="folder for the hidden states spilled between blocks (default: system temp)")
     cosine = parser.add_argument_group("replaceme-cosine")
     cosine.add_argument("--cosine-epochs", type=int, default=10)
     cosine.add_argument("--cosine-lr", type=float, default=1e-4)
@@ -45,9 +53,20 @@ def request_from_args(args: argparse.Namespace) -> PruneRequest:
         fit_memory_budget=args.fit_memory_budget)
 
 
+def load_for_prune(args: argparse.Namespace) -> LoadedModel:
+    """The whole model, or with --offload layers an empty skeleton whose blocks are read when needed."""
+    if args.offload != "layers":
+        return load_from_args(args)
+    if args.device_map:
+        raise ConfigError("--offload layers and --device-map both place the weights; pass only one")
+    seed_everything(args.seed)
+    return load_onloaded(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                         spill_dir=args.offload_dir)
+
+
 def run(args: argparse.Namespace) -> int:
     ensure_output_free(args.out, args.overwrite)
-    loaded = load_from_args(args)
+    loaded = load_for_prune(args)
     request = request_from_args(args)
     layers_before, params_before = loaded.num_layers, count_parameters(loaded.model)
     windows = calib_from_args(args, loaded)
@@ -60,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
             "summary": f"removed blocks {outcome.removed} of {layers_before}",
             "params": request.to_dict(), "calibration": calib_description(args), "result": result,
             "scores": outcome.scores}
+    if not is_main_process():
+        return 0
+    materialize(loaded)
     save_checkpoint(loaded, args.out, step, overwrite=args.overwrite)
     print(f"{args.method}: removed blocks {outcome.removed} ({layers_before} -> {loaded.num_layers} layers, "
           f"{params_before:,} -> {result['params_after']:,} parameters) in {outcome.seconds:.1f}s")

@@ -8,6 +8,7 @@ import json
 from layercut.capture import calibrate
 from layercut.commands.common import (add_calib_args, add_model_args, calib_description, calib_from_args,
                                       load_from_args)
+from layercut.distributed import is_main_process
 from layercut.export import ensure_output_free, write_text_atomic
 from layercut.scan_report import plot_scan, render_scan_table, scan_to_dict
 
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     windows = calib_from_args(args, loaded)
     stats = calibrate(loaded, windows, args.batch_size).scan
+    if not is_main_process():
+        return 0
     print(render_scan_table(stats, args.span or [1, 2, 4, 8], args.top))
     if args.json:
         record = {"model": loaded.source, "calibration": calib_description(args), **scan_to_dict(stats)}
