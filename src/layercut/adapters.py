@@ -31,6 +31,35 @@ def set_path(root: nn.Module, path: str, value: nn.Module) -> None:
 
 
 @dataclass(frozen=True)
+class GGUFLayout:
+    """How llama.cpp names and lays out a family's tensors in a GGUF file.
+
+    Attributes:
+        arch: llama.cpp's architecture name (`general.architecture`, and the prefix of its keys).
+        top_names: (module path from the causal-LM model, GGUF tensor name) for the non-block parts.
+        block_names: (module path inside a block, GGUF name after `blk.N.`) for every block part.
+        rope_permute: (module path inside a block, config key of its head count) for the
+            projections whose rows llama.cpp expects interleaved per rotary pair (Llama's Q and K).
+    """
+
+    arch: str
+    top_names: tuple[tuple[str, str], ...]
+    block_names: tuple[tuple[str, str], ...]
+    rope_permute: tuple[tuple[str, str], ...] = ()
+
+
+LLAMA_GGUF = GGUFLayout(
+    arch="llama",
+    top_names=(("model.embed_tokens", "token_embd"), ("model.norm", "output_norm"), ("lm_head", "output")),
+    block_names=(("input_layernorm", "attn_norm"), ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
+                 ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
+                 ("post_attention_layernorm", "ffn_norm"), ("mlp.gate_proj", "ffn_gate"),
+                 ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down")),
+    rope_permute=(("self_attn.q_proj", "num_attention_heads"), ("self_attn.k_proj", "num_key_value_heads")),
+)
+
+
+@dataclass(frozen=True)
 class ArchAdapter:
     """Where a family keeps its decoder blocks and their parts.
 
@@ -49,6 +78,7 @@ class ArchAdapter:
             not end in a linear op and a full ReplaceMe transform cannot be folded.
         ffn_width_key: the config key holding the FFN width.
         lora_targets: linear-layer names LoRA adapts in this family.
+        gguf: the family's llama.cpp tensor layout, when `layercut export --gguf` supports it.
     """
 
     name: str
@@ -66,6 +96,7 @@ class ArchAdapter:
     fused_gate_up: bool = False
     mlp_post_norm: str | None = None
     lora_targets: tuple[str, ...] = field(default=())
+    gguf: GGUFLayout | None = None
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return get_path(model, self.blocks_path)
@@ -125,7 +156,7 @@ _LLAMA_LIKE = dict(
 )
 
 ADAPTERS: tuple[ArchAdapter, ...] = (
-    ArchAdapter(name="llama", model_types=("llama",), **_LLAMA_LIKE),
+    ArchAdapter(name="llama", model_types=("llama",), gguf=LLAMA_GGUF, **_LLAMA_LIKE),
     ArchAdapter(name="mistral", model_types=("mistral",), **_LLAMA_LIKE),
     ArchAdapter(name="qwen2", model_types=("qwen2", "qwen3"), **_LLAMA_LIKE),
     ArchAdapter(name="gemma", model_types=("gemma",), **_LLAMA_LIKE),

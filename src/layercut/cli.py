@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "layercut.commands.eval",
     "layercut.commands.heal",
     "layercut.commands.slim",
+    "layercut.commands.export",
 )
 
 
