@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "layercut.commands.heal",
     "layercut.commands.slim",
     "layercut.commands.export",
+    "layercut.commands.run",
 )
 
 

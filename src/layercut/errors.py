@@ -26,3 +26,7 @@ class ConfigError(LayercutError):
 
 class OutputExistsError(LayercutError):
     """The output path exists and --overwrite was not given."""
+
+
+class RecipeError(ConfigError):
+    """A recipe file that cannot be read, does not validate, or whose step failed; the message names the line."""

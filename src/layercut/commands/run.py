@@ -1,0 +1,45 @@
+"""`layercut run recipe.yaml`: run a whole pipeline from one YAML recipe, step by step, through the
+same command code the command line runs (see layercut/recipe.py and examples/*.yaml)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from layercut.distributed import is_main_process
+from layercut.errors import RecipeError
+from layercut.export import ensure_output_free
+from layercut.recipe import load_recipe, plan
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("run", help="run a YAML recipe: scan -> prune -> slim -> heal -> eval -> export",
+                                   description=__doc__)
+    parser.add_argument("recipe", help="recipe file (YAML)")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the commands without running them")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from layercut.cli import build_parser
+
+    recipe, steps = load_recipe(args.recipe)
+    planned = plan(recipe, steps, args.recipe)
+    if args.dry_run:
+        for step in planned:
+            print("layercut " + shlex.join(step.argv))
+        return 0
+    for step in planned:
+        overwrite = "--overwrite" in step.argv
+        for output in step.outputs:
+            ensure_output_free(output, overwrite)
+    parser = build_parser()
+    for number, step in enumerate(planned, start=1):
+        if is_main_process():
+            print(f"== step {number}/{len(planned)}: layercut {shlex.join(step.argv)}", flush=True)
+        step_args = parser.parse_args(step.argv)
+        code = int(step_args.run(step_args) or 0)
+        if code != 0:
+            raise RecipeError(f"step {number} ({step.command}) stopped with exit code {code}; "
+                              "fix it and run the recipe again (finished steps need overwrite: true)")
+    return 0
