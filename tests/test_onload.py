@@ -95,3 +95,32 @@ def test_onloading_lowers_peak_rss(tmp_path: Path):
     del model
     whole, onloaded = _peak_kib(tmp_path / "model", "memory"), _peak_kib(tmp_path / "model", "layers")
     assert onloaded < whole - 100 * 1024, (whole, onloaded)  # KiB: at least 100 MB less
+
+
+def test_device_map_placement_gives_the_same_statistics(tiny_dir: Path, text_file: Path):
+    windows = random_windows(4, 16)
+    whole = load_model(str(tiny_dir), device="cpu")
+    placed = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu",
+              **{f"model.layers.{i}": "cpu" for i in range(6)}}
+    expected = calibrate(whole, windows, 2, cut=1, fold_blocks=[2], progress=False)
+    for device_map in ("auto", placed):
+        mapped = load_model(str(tiny_dir), device_map=device_map)
+        assert mapped.device.type == "cpu"
+        got = calibrate(mapped, windows, 2, cut=1, fold_blocks=[2], progress=False)
+        torch.testing.assert_close(got.scan.cos_sum, expected.scan.cos_sum, rtol=1e-9, atol=0)
+        torch.testing.assert_close(got.fits[2].gram, expected.fits[2].gram, rtol=1e-9, atol=0)
+    assert main(["eval", "--model", str(tiny_dir), "--ppl", str(text_file), "--max-tokens", "128", "--seq-len", "64",
+                 "--device-map", "auto", "--no-progress"]) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to split blocks across devices")
+def test_blocks_split_across_gpu_and_cpu(tiny_dir: Path):
+    windows = random_windows(4, 16)
+    whole = load_model(str(tiny_dir), device="cpu", dtype="float32")
+    split = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": "cpu", "lm_head": "cpu",
+             **{f"model.layers.{i}": (0 if i < 3 else "cpu") for i in range(6)}}
+    mapped = load_model(str(tiny_dir), dtype="float32", device_map=split)
+    expected = calibrate(whole, windows, 2, cut=1, fold_blocks=[4], progress=False)
+    got = calibrate(mapped, windows, 2, cut=1, fold_blocks=[4], progress=False)
+    torch.testing.assert_close(got.scan.cos_sum, expected.scan.cos_sum, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(got.fits[4].gram, expected.fits[4].gram, rtol=1e-4, atol=1e-3)
