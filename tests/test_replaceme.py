@@ -157,3 +157,14 @@ def test_same_seed_same_pruned_weights():
         prune(loaded, random_windows(6, 16), PruneRequest(method="replaceme-lstsq", cut=2, progress=False))
         weights.append(loaded.model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_weighted_lstsq_equals_weighted_direct_solution():
+    loaded = tiny_loaded("llama", num_layers=5)
+    windows = random_windows(8, 24)
+    stats, _ = collect_fit(loaded, windows, 0, 2, fit_weighting="unit-target", progress=False)
+    mlp_out, attn_out, span_out = stacked_rows(loaded, windows, 0, 2)
+    root = (1.0 / span_out.norm(dim=1)).unsqueeze(1)
+    expected = torch.linalg.lstsq(mlp_out * root, (span_out - attn_out) * root).solution
+    transform = solve_lstsq(stats.gram, stats.cross)
+    assert torch.allclose(transform, expected, atol=1e-6 * float(expected.abs().max()), rtol=1e-5)

@@ -72,3 +72,21 @@ def test_choose_spans_respects_gap_and_min_start():
 def test_lowest_scores_never_picks_kept():
     assert lowest_scores(torch.tensor([0.1, 0.5, 0.05, 0.3]), 2) == [0, 2]
     assert lowest_scores(torch.tensor([0.1, 0.5, 0.05, 0.3]), 2, keep=(0,)) == [2, 3]
+
+
+def test_massive_activation_creator_is_found_and_protected():
+    torch.manual_seed(0)
+    hidden = [torch.randn(2, 128, 8) for _ in range(5)]
+    for k in (3, 4):                       # block 2 creates a huge first-token activation
+        hidden[k][:, 0] *= 1000.0
+    stats = ScanStats.empty(4)
+    stats.update(hidden, torch.ones(2, 128))
+    ratio = stats.massive_ratio()
+    expected = max(float(h.norm(dim=-1).max()) for h in [hidden[3]]) / float(hidden[3].norm(dim=-1).mean())
+    assert float(ratio[3]) == pytest.approx(expected, rel=1e-6)
+    assert stats.massive_creators() == [2]
+    scores = torch.zeros(5, 5)
+    assert choose_spans(scores, 2, 1, min_start=0, protected=(2,)) == [0]
+    from layercut.errors import ConfigError
+    with pytest.raises(ConfigError, match="without cutting blocks \\[2\\]"):
+        choose_spans(scores, 3, 1, min_start=0, protected=(2,))

@@ -97,28 +97,38 @@ def forward_blocks(loaded: LoadedModel, windows: torch.Tensor, batch_size: int, 
 @dataclass
 class LinearFitStats:
     """Float64 sums for ReplaceMe's least squares at one fold block j and cut length n:
-    G = sum M^T M, C = sum M^T (L - Y), and sum ||L - Y||^2 (for the fit's residual)."""
+    G = sum M^T M, C = sum M^T (L - Y), sum ||L - Y||^2 (for the fit's residual) and sum ||L||^2
+    (to express the residual relative to the span's output)."""
 
     gram: torch.Tensor
     cross: torch.Tensor
     target_sq: torch.Tensor
     tokens: torch.Tensor
+    output_sq: torch.Tensor
 
     @classmethod
     def empty(cls, dim: int) -> "LinearFitStats":
         zeros = torch.zeros((dim, dim), dtype=torch.float64)
-        return cls(zeros, zeros.clone(), torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64))
+        scalar = lambda: torch.zeros((), dtype=torch.float64)  # noqa: E731
+        return cls(zeros, zeros.clone(), scalar(), scalar(), scalar())
 
-    def update(self, mlp_out: torch.Tensor, target: torch.Tensor) -> None:
-        """Add token rows: `mlp_out` = M [N, d], `target` = L - Y [N, d]."""
+    def update(self, mlp_out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+               span_out: torch.Tensor | None = None) -> None:
+        """Add token rows: `mlp_out` = M [N, d], `target` = L - Y [N, d], optional per-row weights [N],
+        and the span output L itself for the relative error."""
         m64, t64 = mlp_out.double(), target.double()
-        self.gram += (m64.T @ m64).cpu()
-        self.cross += (m64.T @ t64).cpu()
-        self.target_sq += float((t64 * t64).sum())
+        weighted = m64 if weight is None else m64 * weight.double().unsqueeze(1)
+        self.gram += (weighted.T @ m64).cpu()
+        self.cross += (weighted.T @ t64).cpu()
+        row_sq = (t64 * t64).sum(1)
+        self.target_sq += float(row_sq.sum() if weight is None else (row_sq * weight.double()).sum())
         self.tokens += float(m64.shape[0])
+        if span_out is not None:
+            out_sq = span_out.double().pow(2).sum(1)
+            self.output_sq += float(out_sq.sum() if weight is None else (out_sq * weight.double()).sum())
 
     def all_reduce(self) -> None:
-        all_reduce_sum([self.gram, self.cross, self.target_sq, self.tokens])
+        all_reduce_sum([self.gram, self.cross, self.target_sq, self.tokens, self.output_sq])
 
 
 def real_token_rows(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -139,6 +149,23 @@ def fit_rows(capture: BlockCapture, fold_block: int, cut: int) -> tuple[torch.Te
     return mlp_out, attn_out, span_out
 
 
+FIT_WEIGHTINGS = ("none", "unit-target")
+
+
+def fit_weights(span_out: torch.Tensor, weighting: str) -> torch.Tensor | None:
+    """Per-token weights of the least-squares fit.
+
+    "none" is plain least squares. "unit-target" weights each token by 1 / ||L_t||^2, i.e. fits
+    every token's output direction equally: without it, the few tokens with massive activations
+    (attention-sink positions, hundreds of times the typical norm) dominate the squared error.
+    """
+    if weighting == "none":
+        return None
+    if weighting == "unit-target":
+        return 1.0 / span_out.double().pow(2).sum(1).clamp_min(1e-12)
+    raise ValueError(f"unknown fit weighting {weighting}")
+
+
 @dataclass
 class Calibration:
     """What one calibration pass produced: span scores and, when asked, LS sums per fold block."""
@@ -154,7 +181,7 @@ def fit_memory_bytes(dim: int, candidates: int) -> int:
 
 
 def calibrate(loaded: LoadedModel, windows: torch.Tensor, batch_size: int = 8, *, cut: int | None = None,
-              fold_blocks: Collection[int] = (), progress: bool = True) -> Calibration:
+              fold_blocks: Collection[int] = (), fit_weighting: str = "none", progress: bool = True) -> Calibration:
     """One pass: scan statistics for every span and, for each fold block j in `fold_blocks`, the LS
     sums of replacing blocks j+1 .. j+cut. Each torch.distributed rank reads its shard of the
     windows and the sums are all-reduced, so every rank ends with the same result."""
@@ -167,7 +194,7 @@ def calibrate(loaded: LoadedModel, windows: torch.Tensor, batch_size: int = 8, *
         scan.update(capture.hidden, capture.mask)
         for j, stats in fits.items():
             mlp_out, attn_out, span_out = fit_rows(capture, j, cut)  # type: ignore[arg-type]
-            stats.update(mlp_out, span_out - attn_out)
+            stats.update(mlp_out, span_out - attn_out, fit_weights(span_out, fit_weighting), span_out)
     scan.all_reduce()
     for stats in fits.values():
         stats.all_reduce()
@@ -175,7 +202,7 @@ def calibrate(loaded: LoadedModel, windows: torch.Tensor, batch_size: int = 8, *
 
 
 def collect_fit(loaded: LoadedModel, windows: torch.Tensor, fold_block: int, cut: int, batch_size: int = 8, *,
-                keep_rows: int = 0, seed: int = 0, progress: bool = True
+                keep_rows: int = 0, seed: int = 0, fit_weighting: str = "none", progress: bool = True
                 ) -> tuple[LinearFitStats, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
     """A second pass for one cut that stops after the span's last block: the LS sums, plus (when
     `keep_rows` > 0) a seeded subsample of about `keep_rows` token rows (M, Y, L) for the cosine fit."""
@@ -187,7 +214,7 @@ def collect_fit(loaded: LoadedModel, windows: torch.Tensor, fold_block: int, cut
     for capture in forward_blocks(loaded, shard, batch_size, mlp_blocks={fold_block},
                                   stop_after=fold_block + cut, desc="fit", progress=progress):
         mlp_out, attn_out, span_out = fit_rows(capture, fold_block, cut)
-        stats.update(mlp_out, span_out - attn_out)
+        stats.update(mlp_out, span_out - attn_out, fit_weights(span_out, fit_weighting), span_out)
         if keep_rows > 0:
             take = torch.rand(mlp_out.shape[0], generator=generator) < keep_rows / total_tokens
             take = take.to(mlp_out.device)

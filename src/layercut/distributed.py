@@ -25,15 +25,24 @@ def shard_windows(windows: torch.Tensor) -> torch.Tensor:
     return windows[rank::world]
 
 
-def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
-    """In-place sum of each tensor across ranks. Tensors travel on the backend's device."""
+def _all_reduce(tensors: list[torch.Tensor], op: "dist.ReduceOp") -> None:
     if not is_distributed():
         return
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     for tensor in tensors:
         moved = tensor.to(device)
-        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        dist.all_reduce(moved, op=op)
         tensor.copy_(moved.to(tensor.device))
+
+
+def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
+    """In-place sum of each tensor across ranks. Tensors travel on the backend's device."""
+    _all_reduce(tensors, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(tensors: list[torch.Tensor]) -> None:
+    """In-place element-wise maximum of each tensor across ranks."""
+    _all_reduce(tensors, dist.ReduceOp.MAX)
 
 
 def init_from_env() -> bool:

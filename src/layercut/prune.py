@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from layercut.capture import Calibration, LinearFitStats, calibrate, collect_fit, fit_memory_bytes
+from layercut.capture import FIT_WEIGHTINGS, Calibration, LinearFitStats, calibrate, collect_fit, fit_memory_bytes
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
 from layercut.onload import materialize
@@ -35,6 +35,7 @@ class PruneRequest:
     num_cuts: int = 1
     select: str = "angular"
     alpha: float = 0.0
+    fit_weighting: str = "none"
     batch_size: int = 8
     seed: int = 0
     cosine_epochs: int = 10
@@ -44,6 +45,7 @@ class PruneRequest:
     cosine_init: str = "lstsq"
     cosine_objective: str = "full"
     fit_memory_budget: float = 4.0
+    protect_massive: bool = True
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -74,6 +76,8 @@ def _validate(loaded: LoadedModel, request: PruneRequest) -> None:
                           f"so cut between 0 and {num_layers - 1}")
     if request.num_cuts < 1 or (request.cut and request.cut % request.num_cuts):
         raise ConfigError(f"--cut {request.cut} must split evenly into --num-cuts {request.num_cuts} spans")
+    if request.fit_weighting not in FIT_WEIGHTINGS:
+        raise ConfigError(f"unknown --fit-weighting '{request.fit_weighting}'; use {' or '.join(FIT_WEIGHTINGS)}")
     if request.select not in SPAN_SCORES:
         raise ConfigError(f"unknown --select '{request.select}'; choose one of: {', '.join(SPAN_SCORES)}")
     if request.start is not None and request.num_cuts != 1:
@@ -83,21 +87,28 @@ def _validate(loaded: LoadedModel, request: PruneRequest) -> None:
                           f"blocks 0..{num_layers - 1}")
 
 
-def _span_summary(calibration: Calibration, select: str) -> dict[str, Any]:
+def _span_summary(calibration: Calibration, select: str, starts: list[int], span_len: int) -> dict[str, Any]:
+    """Scores behind the choice: the chosen spans' own scores, plus every span's for the record."""
     scan = calibration.scan
-    return {"select": select, "span_scores": redundancy(scan, select).abs().tolist(),
-            "block_influence": scan.block_influence().tolist(), "tokens": int(scan.tokens)}
+    chosen = [{"start": k, "blocks": f"{k}..{k + span_len - 1}",
+               "angular": float(scan.span_angular()[k, span_len]),
+               "angular_last": float(scan.span_angular_last()[k, span_len]),
+               "cosine": float(scan.span_cosine()[k, span_len])} for k in starts]
+    return {"select": select, "chosen": chosen, "calibration_tokens": int(scan.tokens),
+            "span_scores": redundancy(scan, select).abs().tolist(),
+            "block_influence": scan.block_influence().tolist()}
 
 
 def _place_spans(loaded: LoadedModel, calibration: Calibration, request: PruneRequest, min_start: int,
-                 gap: int) -> list[int]:
+                 gap: int, protected: tuple[int, ...] = ()) -> list[int]:
     span_len = request.cut // request.num_cuts
     if request.start is not None:
         if request.start < min_start or request.start + span_len > loaded.num_layers:
             raise ConfigError(f"--start {request.start} with --cut {request.cut} does not fit: the span must lie in "
                               f"blocks {min_start}..{loaded.num_layers - 1}")
         return [request.start]
-    return choose_spans(redundancy(calibration.scan, request.select), span_len, request.num_cuts, min_start, gap)
+    return choose_spans(redundancy(calibration.scan, request.select), span_len, request.num_cuts, min_start, gap,
+                        protected)
 
 
 def drop_spans(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
@@ -107,7 +118,8 @@ def drop_spans(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
     starts = _place_spans(loaded, calibration, request, min_start, gap=0)
     span_len = request.cut // request.num_cuts
     removed = remove_blocks(loaded, spans_to_blocks(starts, span_len))
-    return PruneOutcome(request.method, removed, starts, span_len, scores=_span_summary(calibration, request.select))
+    return PruneOutcome(request.method, removed, starts, span_len,
+                        scores=_span_summary(calibration, request.select, starts, span_len))
 
 
 def _replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest, cosine: bool) -> PruneOutcome:
@@ -119,9 +131,11 @@ def _replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
     fold_blocks = [k - 1 for k in candidates if k >= 1]
     one_pass = not cosine and fit_memory_bytes(dim, len(fold_blocks)) <= request.fit_memory_budget * 2**30
     calibration = calibrate(loaded, windows, request.batch_size, cut=span_len,
-                            fold_blocks=fold_blocks if one_pass else (), progress=request.progress)
-    starts = _place_spans(loaded, calibration, request, min_start, gap=1)
-    transforms, details = {}, {"single_pass": one_pass, "cuts": []}
+                            fold_blocks=fold_blocks if one_pass else (), fit_weighting=request.fit_weighting,
+                            progress=request.progress)
+    protected = tuple(calibration.scan.massive_creators()) if request.protect_massive else ()
+    starts = _place_spans(loaded, calibration, request, min_start, gap=1, protected=protected)
+    transforms, details = {}, {"single_pass": one_pass, "protected_blocks": list(protected), "cuts": []}
     for start in starts:
         fold_block = start - 1
         rows = None
@@ -130,9 +144,11 @@ def _replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
         else:
             keep_rows = request.cosine_tokens if cosine else 0
             stats, rows = collect_fit(loaded, windows, fold_block, span_len, request.batch_size,
-                                      keep_rows=keep_rows, seed=request.seed, progress=request.progress)
+                                      keep_rows=keep_rows, seed=request.seed,
+                                      fit_weighting=request.fit_weighting, progress=request.progress)
         transform = solve_lstsq(stats.gram, stats.cross, request.alpha)
         cut_info = {"start": start, "fold_block": fold_block, "tokens": int(stats.tokens),
+                    "output_sq": float(stats.output_sq),
                     "lstsq_residual": fit_residual(stats.gram, stats.cross, stats.target_sq, transform),
                     "identity_residual": fit_residual(stats.gram, stats.cross, stats.target_sq,
                                                       torch.eye(dim, dtype=torch.float64))}
@@ -150,7 +166,7 @@ def _replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
         fold_into_block(loaded, fold_block, transform)
     removed = remove_blocks(loaded, spans_to_blocks(starts, span_len))
     return PruneOutcome(request.method, removed, starts, span_len,
-                        scores=_span_summary(calibration, request.select), details=details)
+                        scores=_span_summary(calibration, request.select, starts, span_len), details=details)
 
 
 def replaceme_lstsq(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:

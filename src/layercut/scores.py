@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from layercut.distributed import all_reduce_sum
+from layercut.distributed import all_reduce_max, all_reduce_sum
 
 
 def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -46,12 +46,15 @@ class ScanStats:
     cos_last_sum: torch.Tensor
     tokens: torch.Tensor
     samples: torch.Tensor
+    norm_sum: torch.Tensor
+    norm_max: torch.Tensor
 
     @classmethod
     def empty(cls, num_layers: int) -> "ScanStats":
         zeros = lambda: torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64)  # noqa: E731
-        return cls(num_layers, zeros(), zeros(), zeros(), zeros(), torch.zeros((), dtype=torch.float64),
-                   torch.zeros((), dtype=torch.float64))
+        scalar = lambda: torch.zeros((), dtype=torch.float64)  # noqa: E731
+        per_state = lambda: torch.zeros(num_layers + 1, dtype=torch.float64)  # noqa: E731
+        return cls(num_layers, zeros(), zeros(), zeros(), zeros(), scalar(), scalar(), per_state(), per_state())
 
     def update(self, hidden: list[torch.Tensor], mask: torch.Tensor, chunk: int = 256) -> None:
         """Add one batch: `hidden` holds X_0 .. X_L, each [B, T, d]; `mask` [B, T] marks real tokens.
@@ -66,6 +69,9 @@ class ScanStats:
         last = last_token_index(mask).to(hidden[0].device)
         batch_rows = torch.arange(mask.shape[0], device=hidden[0].device)
         last_rows = [h[batch_rows, last] for h in hidden]
+        norms = torch.stack([r.double().norm(dim=-1) for r in rows])           # [L+1, N]
+        self.norm_sum += norms.sum(1).cpu()
+        self.norm_max = torch.maximum(self.norm_max, norms.max(1).values.cpu())
         for start in range(0, rows[0].shape[0], chunk):
             self._add_pairs([r[start:start + chunk] for r in rows], self.cos_sum, self.angular_sum)
         self._add_pairs(last_rows, self.cos_last_sum, self.angular_last_sum)
@@ -88,7 +94,8 @@ class ScanStats:
     def all_reduce(self) -> None:
         """Sum the statistics across torch.distributed ranks (no-op in a single process)."""
         all_reduce_sum([self.cos_sum, self.angular_sum, self.angular_last_sum, self.cos_last_sum,
-                        self.tokens, self.samples])
+                        self.tokens, self.samples, self.norm_sum])
+        all_reduce_max([self.norm_max])
 
     def valid(self) -> torch.Tensor:
         """Boolean [L+1, L+1] mask of the meaningful (k, n) entries."""
@@ -110,6 +117,20 @@ class ScanStats:
     def span_angular_last(self) -> torch.Tensor:
         """Mean angular distance on each sample's last token (ReplaceMe's reference code)."""
         return self._mean(self.angular_last_sum, self.samples)
+
+    def massive_ratio(self) -> torch.Tensor:
+        """Per hidden state X_k: the largest token norm over the mean token norm. Values in the
+        hundreds mark "massive activations" (Sun et al., 2024), e.g. on attention-sink tokens."""
+        return self.norm_max / (self.norm_sum / self.tokens.clamp_min(1)).clamp_min(1e-12)
+
+    def massive_creators(self, threshold: float = 20.0) -> list[int]:
+        """Blocks k whose output X_{k+1} carries massive activations that their input X_k lacks.
+
+        Later blocks rely on those activations, and no linear map of the block before a span
+        reproduces them, so ReplaceMe keeps these blocks out of its cuts.
+        """
+        ratio = self.massive_ratio()
+        return [k for k in range(self.num_layers) if ratio[k + 1] >= threshold and ratio[k] < threshold]
 
     def block_influence(self) -> torch.Tensor:
         """BI_k = 1 - mean cos(X_k, X_{k+1}) per block (ShortGPT); low BI = the block changes little."""

@@ -26,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-cuts", type=int, default=1, help="split the cut into this many separate spans")
     parser.add_argument("--select", default="angular", help="span score: angular, angular-last or cosine")
     parser.add_argument("--alpha", type=float, default=0.0, help="ridge penalty of the least-squares map")
+    parser.add_argument("--allow-massive-cut", action="store_true",
+                        help="let ReplaceMe cut a block that creates massive activations (excluded by default: "
+                             "no linear map reproduces them)")
+    parser.add_argument("--fit-weighting", default="none",
+                        help="least-squares token weights: none, or unit-target (1/||L_t||^2, so massive-activation "
+                             "tokens do not dominate)")
     parser.add_argument("--fit-memory-budget", type=float, default=4.0,
                         help="GiB allowed for least-squares sums of every candidate cut in one pass; "
                              "above it a second pass fits only the chosen cut")
@@ -47,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def request_from_args(args: argparse.Namespace) -> PruneRequest:
     return PruneRequest(
         method=args.method, cut=args.cut, start=args.start, min_start=args.min_start, num_cuts=args.num_cuts,
-        select=args.select, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
+        select=args.select, alpha=args.alpha, fit_weighting=args.fit_weighting,
+        protect_massive=not args.allow_massive_cut, batch_size=args.batch_size, seed=args.seed,
         cosine_epochs=args.cosine_epochs, cosine_lr=args.cosine_lr, cosine_batch_tokens=args.cosine_batch_tokens,
         cosine_tokens=args.cosine_tokens, cosine_init=args.cosine_init, cosine_objective=args.cosine_objective,
         fit_memory_budget=args.fit_memory_budget)
@@ -74,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     result = {"layers_before": layers_before, "layers_after": loaded.num_layers, "removed_blocks": outcome.removed,
               "span_starts": outcome.span_starts, "params_before": params_before,
               "params_after": count_parameters(loaded.model), "seconds": round(outcome.seconds, 2),
-              **{k: v for k, v in outcome.details.items()}}
+              "selected_by": outcome.scores.get("select"), "chosen_spans": outcome.scores.get("chosen"),
+              **outcome.details}
     step = {"command": "prune", "method": args.method,
             "summary": f"removed blocks {outcome.removed} of {layers_before}",
             "params": request.to_dict(), "calibration": calib_description(args), "result": result,
