@@ -352,7 +352,8 @@ def plan(recipe: Recipe, steps: list[Step], recipe_path: str | Path) -> list[Pla
         if isinstance(step, ExportStep) and "out" in values:
             values["recipe"] = str(recipe_path)
         argv = [step.command, *_flags({"model": current, **shared}), *_flags(values)]
-        outputs = [str(values[key]) for key in ("out", "gguf", "json", "report", "plot", "policy_out") if key in values]
+        written = ("gguf", "json", "report", "plot", "policy_out") + (() if "resume" in values else ("out",))
+        outputs = [str(values[key]) for key in written if key in values]
         planned.append(PlannedStep(step.command, argv, outputs))
         if step.writes_model:
             current = values["out"]

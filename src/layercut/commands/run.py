@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from layercut.distributed import is_main_process
+from layercut.distributed import rank_and_world
 from layercut.errors import RecipeError
 from layercut.export import ensure_output_free
 from layercut.recipe import load_recipe, plan
@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from layercut.cli import build_parser
 
+    if rank_and_world()[1] > 1:
+        raise RecipeError("recipes run in one process (heal, slim and export are not data-parallel); "
+                          "use torchrun with layercut prune or layercut scan")
     recipe, steps = load_recipe(args.recipe)
     planned = plan(recipe, steps, args.recipe)
     if args.dry_run:
@@ -35,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
             ensure_output_free(output, overwrite)
     parser = build_parser()
     for number, step in enumerate(planned, start=1):
-        if is_main_process():
-            print(f"== step {number}/{len(planned)}: layercut {shlex.join(step.argv)}", flush=True)
+        print(f"== step {number}/{len(planned)}: layercut {shlex.join(step.argv)}", flush=True)
         step_args = parser.parse_args(step.argv)
         code = int(step_args.run(step_args) or 0)
         if code != 0:
