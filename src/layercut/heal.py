@@ -35,6 +35,7 @@ from layercut.healing.state import (CHECKPOINT_PREFIX, LOG_FILE, load_training_c
 from layercut.loading import LoadedModel, load_model
 
 CURVE_FILE = "loss_curve.png"
+DEFAULT_LR = {"full": 1e-4, "lora": 1e-3}
 
 
 class NonFiniteLossError(LayercutError):
@@ -67,7 +68,7 @@ class HealConfig(BaseModel):
     mode: Literal["full", "lora"] = "full"
     steps: int | None = Field(None, ge=1)
     tokens: int | None = Field(None, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    lr: float | None = Field(None, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     warmup: int = Field(10, ge=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -99,6 +100,11 @@ class HealConfig(BaseModel):
         if self.eval_every and self.ppl is None:
             raise ValueError("--eval-every needs --ppl, the held-out text to measure")
         return self
+
+    @property
+    def peak_lr(self) -> float:
+        """`lr`, or the mode's default (LoRA matrices start at zero and want a larger rate)."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.mode]
 
     @property
     def tokens_per_step(self) -> int:
@@ -234,7 +240,7 @@ def micro_batch_losses(run: TrainingRun, batch: torch.Tensor) -> tuple[torch.Ten
 def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     """Optimizer step `step` (0-based): accumulate `grad_accum` micro-batches, clip, update."""
     config = run.config
-    lr = config.lr * lr_factor(step, config.warmup, run.total_steps, config.min_lr_ratio)
+    lr = config.peak_lr * lr_factor(step, config.warmup, run.total_steps, config.min_lr_ratio)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
@@ -297,7 +303,7 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
     model.train()
     device = loaded.device
     amp_dtype = autocast_dtype(device, config.precision)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.peak_lr,
                                   betas=(0.9, 0.95), weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     total = planned_steps(config.steps, config.tokens, config.tokens_per_step)
@@ -369,7 +375,7 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
 def heal_step_record(config: HealConfig, result: HealResult) -> dict[str, Any]:
     """The history entry (and model-card section) describing a healing run."""
     params: dict[str, Any] = {"mode": config.mode, "steps": result.steps, "tokens": result.tokens,
-                              "lr": config.lr, "warmup": config.warmup, "batch_size": config.batch_size,
+                              "lr": config.peak_lr, "warmup": config.warmup, "batch_size": config.batch_size,
                               "grad_accum": config.grad_accum, "seq_len": config.seq_len,
                               "max_grad_norm": config.max_grad_norm, "seed": config.seed}
     if config.mode == "lora":

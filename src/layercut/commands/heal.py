@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         ensure_output_free(args.out, args.overwrite)
     config = build_config(
         data=args.data, text_field=args.text_field, mode=args.mode, steps=args.steps, tokens=args.tokens,
-        lr=args.lr if args.lr is not None else (1e-3 if args.mode == "lora" else 1e-4),
+        lr=args.lr,
         min_lr_ratio=args.min_lr_ratio, warmup=args.warmup, weight_decay=args.weight_decay,
         batch_size=args.batch_size, grad_accum=args.grad_accum, seq_len=args.seq_len,
         max_grad_norm=args.max_grad_norm, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
