@@ -32,7 +32,9 @@ def _all_reduce(tensors: list[torch.Tensor], op: "dist.ReduceOp") -> None:
     for tensor in tensors:
         moved = tensor.to(device)
         dist.all_reduce(moved, op=op)
-        tensor.copy_(moved.to(tensor.device))
+        # Statistics updated under inference_mode are inference tensors, writable only in that mode.
+        with torch.inference_mode(tensor.is_inference()):
+            tensor.copy_(moved.to(tensor.device))
 
 
 def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
