@@ -229,3 +229,15 @@ def test_cli_heals_and_reports_bad_input_in_one_line(tiny_model_dir, small_text,
     assert cli.main(bad) == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith("layercut: error:") and "fewer than one window" in last_line
+
+
+def test_prune_chop_with_heal_steps(tiny_model_dir, small_text, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("layercut.commands.prune",))
+    out = tmp_path / "chopped"
+    argv = ["prune", "--model", str(tiny_model_dir), "--method", "chop", "--cut", "2", "--calib", str(small_text),
+            "--samples", "4", "--seq-len", "32", "--batch-size", "2", "--heal-steps", "2", "--out", str(out)]
+    assert cli.main(argv) == 0
+    step = json.loads((out / "layercut.json").read_text())["steps"][-1]
+    assert step["result"]["removed_blocks"] == chop_layers(6, 2) == [2, 3]
+    assert step["heal"]["method"] == "layerchop-full" and step["heal"]["params"]["steps"] == 2
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4

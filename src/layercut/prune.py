@@ -16,6 +16,7 @@ import torch
 
 from layercut.capture import FIT_WEIGHTINGS, Calibration, LinearFitStats, calibrate, collect_fit, fit_memory_bytes
 from layercut.errors import ConfigError
+from layercut.heal import chop_layers
 from layercut.loading import LoadedModel
 from layercut.onload import materialize
 from layercut.replaceme import fit_cosine, fit_residual, fold_into_block, solve_lstsq
@@ -183,9 +184,16 @@ def replaceme_cosine(loaded: LoadedModel, windows: torch.Tensor, request: PruneR
     return _replaceme(loaded, windows, request, cosine=True)
 
 
+def chop(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
+    """LayerChop: drop the contiguous run `chop_layers` picks (first and last block kept); no calibration."""
+    removed = remove_blocks(loaded, chop_layers(loaded.num_layers, request.cut))
+    return PruneOutcome(request.method, removed, [removed[0]], len(removed))
+
+
 Method = Callable[[LoadedModel, torch.Tensor, PruneRequest], PruneOutcome]
 
 METHODS: dict[str, Method] = {
+    "chop": chop,
     "angular": drop_spans,
     "replaceme-lstsq": replaceme_lstsq,
     "replaceme-cosine": replaceme_cosine,

@@ -9,6 +9,7 @@ from layercut.commands.common import (add_calib_args, add_model_args, add_output
 from layercut.distributed import is_main_process
 from layercut.errors import ConfigError
 from layercut.export import count_parameters, ensure_output_free, save_checkpoint
+from layercut.heal import build_config, heal, heal_step_record
 from layercut.loading import LoadedModel
 from layercut.onload import OFFLOAD_CHOICES, load_onloaded, materialize
 from layercut.prune import METHODS, PruneRequest, prune
@@ -47,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cosine.add_argument("--cosine-init", default="lstsq", help="lstsq or identity")
     cosine.add_argument("--cosine-objective", default="full",
                         help="full: cos(MT+Y, L); residual: cos(MT, L-Y) as the reference code")
+    healing = parser.add_argument_group("healing (LayerChop; `layercut heal` has every option)")
+    healing.add_argument("--heal-steps", type=int, default=0,
+                         help="after the cut, continue pretraining for N steps on the --calib text")
+    healing.add_argument("--heal-mode", choices=("full", "lora"), default="full", help="train all weights or LoRA")
+    healing.add_argument("--heal-lr", type=float, default=None, help="peak learning rate (default: 1e-4 full, 1e-3 lora)")
     parser.set_defaults(run=run)
 
 
@@ -71,6 +77,16 @@ def load_for_prune(args: argparse.Namespace) -> LoadedModel:
                          spill_dir=args.offload_dir)
 
 
+def heal_after_prune(loaded: LoadedModel, args: argparse.Namespace) -> dict:
+    """`--heal-steps N`: heal the cut model on the calibration text; returns the heal record for the card."""
+    config = build_config(data=args.calib, text_field=args.text_field, mode=args.heal_mode, steps=args.heal_steps,
+                          lr=args.heal_lr, seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed)
+    result = heal(loaded, config)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return heal_step_record(config, result)
+
+
 def run(args: argparse.Namespace) -> int:
     ensure_output_free(args.out, args.overwrite)
     loaded = load_for_prune(args)
@@ -90,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     if not is_main_process():
         return 0
     materialize(loaded)
+    if args.heal_steps:
+        step["heal"] = heal_after_prune(loaded, args)
+        step["summary"] += f"; healed: {step['heal']['summary']}"
     save_checkpoint(loaded, args.out, step, overwrite=args.overwrite)
     print(f"{args.method}: removed blocks {outcome.removed} ({layers_before} -> {loaded.num_layers} layers, "
           f"{params_before:,} -> {result['params_after']:,} parameters) in {outcome.seconds:.1f}s")
