@@ -17,14 +17,15 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def plot_loss_curve(records: list[dict], path: Path, title: str) -> Path:
-    """A PNG of training loss per step, with held-out loss (ln perplexity) where it was measured."""
+    """A PNG of the training cross-entropy per step (the next-token part of the loss, so it compares
+    with the held-out loss even when distilling), with held-out ln perplexity where it was measured."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7, 4))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.plot([r["step"] for r in records], [r["loss"] for r in records], label="training loss", linewidth=1)
+    axes.plot([r["step"] for r in records], [r["ce"] for r in records], label="training cross-entropy", linewidth=1)
     evals = [r for r in records if "eval_ppl" in r]
     if evals:
         axes.plot([r["step"] for r in evals], [math.log(r["eval_ppl"]) for r in evals], "o-",
