@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import FAMILIES, make_tokenizer, tiny_loaded
-from layercut.evaluation.scoring import encode_pair, pack_groups, score_requests, shared_prefix_len
+from layercut.evaluation.scoring import batch_rows, encode_pair, pack_groups, score_requests, shared_prefix_len
 
 REQUESTS = [
     ("Question: what does a list hold?\nAnswer:", " a sequence of items"),
@@ -74,3 +74,19 @@ def test_group_too_long_for_model_falls_back_to_single_rows():
     encoded = [([1, 2, 3, 4, 5], 2), ([1, 2, 3, 6, 7], 2)]
     assert len(pack_groups(encoded, [[0, 1]], max_len=5)) == 1  # prefix 1 2 3, then 4 and 6
     assert len(pack_groups(encoded, [[0, 1]], max_len=4)) == 2
+
+
+def test_tail_projection_for_models_without_position_selection(monkeypatch):
+    loaded = tiny_loaded("qwen2")
+    selected = score_requests(loaded.model, loaded.tokenizer, REQUESTS, GROUPS, batch_size=2, progress=False)
+    monkeypatch.setattr("layercut.evaluation.scoring.selects_positions", lambda model: False)
+    tail = score_requests(loaded.model, loaded.tokenizer, REQUESTS, GROUPS, batch_size=2, progress=False)
+    assert [s.logprob for s in tail] == pytest.approx([s.logprob for s in selected], abs=1e-4)
+    assert [s.greedy for s in tail] == [s.greedy for s in selected]
+
+
+def test_batches_respect_row_and_token_limits():
+    rows = pack_groups([([1] * n, 1) for n in (40, 10, 10, 10, 10, 10)], [[i] for i in range(6)], 512)
+    batches = batch_rows(rows, batch_size=4, token_budget=60)
+    assert [len(batch) for batch in batches] == [1, 4, 1]
+    assert all(len(batch) * len(batch[0].tokens) <= 60 for batch in batches[1:])

@@ -9,12 +9,13 @@ Speed: requests that share a token prefix (the choices of one question) are pack
 the shared prefix once, then each request's own tokens. An attention mask lets each request see
 the prefix and itself only, and position ids continue the prefix, so each request gets exactly
 the logits a row of its own would give, while the prefix is computed once. Rows are
-left-padded and sorted by length so batches pad little, and the vocabulary projection runs only
+left-padded and batched longest first within a token budget so batches pad little, and the vocabulary projection runs only
 on the tail of the rows where continuation tokens are predicted.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -152,6 +153,26 @@ def tail_length(rows: Sequence[PackedRow]) -> int:
     return max(len(row.tokens) - min(min(p) for p, _ in row.targets) for row in rows)
 
 
+def selects_positions(model: nn.Module) -> bool:
+    """Whether the model's forward takes a [batch, seq] boolean `logits_to_keep` (transformers 5
+    model files slice with `slice_logits_to_keep`); others get the shared tail of positions."""
+    return getattr(sys.modules.get(type(model).__module__), "slice_logits_to_keep", None) is not None
+
+
+def predicted_logits(model: nn.Module, inputs: dict[str, torch.Tensor], rows_at: torch.Tensor,
+                     columns: torch.Tensor, tail: int) -> torch.Tensor:
+    """Logits [N, vocab] at the cells (rows_at[i], columns[i]) of the batch, computing the vocabulary
+    projection only there (or, for models that cannot select cells, on the last `tail` columns)."""
+    batch, width = inputs["input_ids"].shape
+    if selects_positions(model):
+        keep = torch.zeros((batch, width), dtype=torch.bool, device=columns.device)
+        keep[rows_at, columns] = True
+        flat = (keep.flatten().cumsum(0) - 1).view(batch, width)
+        return model(**inputs, logits_to_keep=keep, use_cache=False).logits[flat[rows_at, columns]]
+    logits = model(**inputs, logits_to_keep=tail, use_cache=False).logits
+    return logits[rows_at, columns - (width - tail)]
+
+
 def score_batch(model: nn.Module, rows: Sequence[PackedRow], pad_id: int) -> list[tuple[int, Scored]]:
     """Run one left-padded batch of rows; return (request id, Scored) for every request in it."""
     device = next(model.parameters()).device
@@ -160,33 +181,45 @@ def score_batch(model: nn.Module, rows: Sequence[PackedRow], pad_id: int) -> lis
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     segments = torch.full((len(rows), width), PADDING, dtype=torch.long)
+    rows_at, columns, targets, owners = [], [], [], []
     for b, row in enumerate(rows):
-        ids[b, width - len(row.tokens):] = torch.tensor(row.tokens)
-        positions[b, width - len(row.tokens):] = torch.tensor(row.positions)
-        segments[b, width - len(row.tokens):] = torch.tensor(row.segments)
-    keep = tail_length(rows)
-    logits = model(input_ids=ids.to(device), position_ids=positions.to(device),
-                   attention_mask=attention_bias(segments.to(device), dtype), logits_to_keep=keep,
-                   use_cache=False).logits
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    greedy = logprobs.argmax(dim=-1)
-    batch_index, column, target, owner = [], [], [], []
-    for b, row in enumerate(rows):
+        offset = width - len(row.tokens)
+        ids[b, offset:] = torch.tensor(row.tokens)
+        positions[b, offset:] = torch.tensor(row.positions)
+        segments[b, offset:] = torch.tensor(row.segments)
         for local, (predictors, tokens) in enumerate(row.targets):
-            batch_index += [b] * len(tokens)
-            column += [keep - len(row.tokens) + p for p in predictors]
-            target += tokens
-            owner += [(b, local)] * len(tokens)
-    where = (torch.tensor(batch_index, device=device), torch.tensor(column, device=device))
-    targets = torch.tensor(target, device=device)
-    picked = logprobs[where].gather(-1, targets[:, None])[:, 0].tolist()
-    hits = (greedy[where] == targets).tolist()
+            rows_at += [b] * len(tokens)
+            columns += [offset + p for p in predictors]
+            targets += tokens
+            owners += [(b, local)] * len(tokens)
+    inputs = {"input_ids": ids.to(device), "position_ids": positions.to(device),
+              "attention_mask": attention_bias(segments.to(device), dtype)}
+    logits = predicted_logits(model, inputs, torch.tensor(rows_at, device=device),
+                              torch.tensor(columns, device=device), tail_length(rows))
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    target_ids = torch.tensor(targets, device=device)
+    picked = logprobs.gather(-1, target_ids[:, None])[:, 0].tolist()
+    hits = (logprobs.argmax(dim=-1) == target_ids).tolist()
     totals: dict[tuple[int, int], list] = {}
-    for key, value, hit in zip(owner, picked, hits):
+    for key, value, hit in zip(owners, picked, hits):
         entry = totals.setdefault(key, [0.0, True])
         entry[0] += value
         entry[1] = entry[1] and hit
     return [(rows[b].request_ids[local], Scored(lp, ok)) for (b, local), (lp, ok) in totals.items()]
+
+
+def batch_rows(rows: Sequence[PackedRow], batch_size: int, token_budget: int) -> list[list[PackedRow]]:
+    """Group rows, longest first, into batches of at most `batch_size` rows whose padded size
+    (rows x longest row) stays within `token_budget`, so one long row does not pad a whole batch."""
+    ordered = sorted(rows, key=lambda row: len(row.tokens), reverse=True)
+    batches: list[list[PackedRow]] = []
+    for row in ordered:
+        if batches and len(batches[-1]) < batch_size and \
+                (len(batches[-1]) + 1) * len(batches[-1][0].tokens) <= token_budget:
+            batches[-1].append(row)
+        else:
+            batches.append([row])
+    return batches
 
 
 def model_max_len(model: nn.Module, default: int = 2048) -> int:
@@ -203,18 +236,19 @@ def score_requests(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[st
                    progress: bool = True, desc: str = "scoring",
                    stats: ScoringStats | None = None) -> list[Scored]:
     """Score (context, continuation) pairs; `groups` lists request indices worth packing together
-    (by default each request alone). Returns one `Scored` per request, in order."""
+    (by default each request alone); a batch holds up to `batch_size` rows of average length.
+    Returns one `Scored` per request, in order."""
     max_len = model_max_len(model)
     encoded = [encode_pair(tokenizer, context, continuation, max_len) for context, continuation in requests]
     rows = pack_groups(encoded, groups if groups is not None else [[i] for i in range(len(requests))], max_len)
-    rows.sort(key=lambda row: len(row.tokens), reverse=True)
+    budget = batch_size * sum(len(row.tokens) for row in rows) // max(len(rows), 1)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     results: list[Scored | None] = [None] * len(requests)
     started = time.perf_counter()
     with torch.inference_mode():
-        for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not progress,
+        for batch in tqdm(batch_rows(rows, batch_size, budget), desc=desc, unit="batch", disable=not progress,
                           leave=False):
-            for request_id, scored in score_batch(model, rows[start:start + batch_size], pad_id):
+            for request_id, scored in score_batch(model, batch, pad_id):
                 results[request_id] = scored
     if stats is not None:
         stats.tokens += sum(len(row.tokens) for row in rows)
