@@ -2,6 +2,7 @@
 
     python bench/scale.py                      # SmolLM2-135M, 32 windows x 256 tokens, writes bench/scale.json
     python bench/scale.py --samples 64 --skip-distributed
+    python bench/scale.py --skip-peaks         # only the 1 vs 2 process timing
 
 Each measurement runs in a fresh process. Peak RSS is `resource.getrusage(RUSAGE_SELF).ru_maxrss` of
 that process, started through a small launcher because Linux carries a parent's peak RSS across
@@ -101,13 +102,16 @@ def measure_peaks(args: argparse.Namespace) -> dict:
 
 def measure_distributed(args: argparse.Namespace) -> dict:
     results = {}
-    for world, threads in ((1, os.cpu_count() or 1), (2, max(1, (os.cpu_count() or 2) // 2))):
+    cpus = os.cpu_count() or 2
+    for world, threads in ((1, cpus), (1, max(1, cpus // 2)), (2, max(1, cpus // 2))):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
                    __file__, "worker-distributed", *common_flags(args)]
         timing, wall = run_json(command, env)
-        results[f"{world}_process"] = {**timing, "threads_per_process": threads, "launch_wall_seconds": wall}
-    results["speedup_2_over_1"] = results["1_process"]["calibration_seconds"] / results["2_process"]["calibration_seconds"]
+        results[f"{world}_process_{threads}_threads"] = {**timing, "threads_per_process": threads,
+                                                          "launch_wall_seconds": wall}
+    two = results[f"2_process_{max(1, cpus // 2)}_threads"]["calibration_seconds"]
+    results["speedup_2_processes_over_1"] = results[f"1_process_{cpus}_threads"]["calibration_seconds"] / two
     return results
 
 
@@ -134,14 +138,16 @@ def main() -> None:
     parser.add_argument("--mode", choices=("memory", "layers"), default="memory")
     parser.add_argument("--dump", default="")
     parser.add_argument("--skip-distributed", action="store_true")
+    parser.add_argument("--skip-peaks", action="store_true", help="keep the peak-memory results already in --out")
     parser.add_argument("--out", default=str(Path(__file__).with_name("scale.json")))
     args = parser.parse_args()
     if args.role == "worker-peak":
         return worker_peak(args)
     if args.role == "worker-distributed":
         return worker_distributed(args)
+    previous = json.loads(Path(args.out).read_text()) if args.skip_peaks and Path(args.out).is_file() else {}
     report = {"machine": machine(), "settings": {k: v for k, v in vars(args).items() if k not in ("role", "dump")},
-              "peak_memory": measure_peaks(args)}
+              "peak_memory": previous.get("peak_memory") if args.skip_peaks else measure_peaks(args)}
     Path(args.out).write_text(json.dumps(report, indent=2))
     if not args.skip_distributed:
         report["distributed"] = measure_distributed(args)
