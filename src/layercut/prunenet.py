@@ -185,6 +185,7 @@ def learn_policy(weights: torch.Tensor, config: PolicyConfig, progress: bool = T
         raise ConfigError(f"--episodes must be at least 1 (got {config.episodes})")
     num_layers, width, hidden = weights.shape
     k = keep_count(width, config.ratio)
+    start = time.perf_counter()
     generator = torch.Generator(device=weights.device).manual_seed(config.seed)
     init_generator = torch.Generator().manual_seed(config.seed)
     policy = PrunePolicy(hidden, width, init_generator).to(weights.device)
@@ -194,7 +195,6 @@ def learn_policy(weights: torch.Tensor, config: PolicyConfig, progress: bool = T
     layers = torch.arange(num_layers, device=weights.device)[:, None]
     reward_sum = torch.zeros(num_layers, dtype=torch.float64, device=weights.device)
     run = PolicyRun(policy=policy)
-    start = time.perf_counter()
     bar = tqdm(range(config.episodes), desc="prunenet", unit="episode", disable=not progress)
     for episode in bar:
         logits = policy(weights)
