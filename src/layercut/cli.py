@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "layercut.commands.slim",
     "layercut.commands.export",
     "layercut.commands.run",
+    "layercut.commands.bench",
 )
 
 

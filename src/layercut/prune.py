@@ -17,11 +17,13 @@ import torch
 from layercut.capture import FIT_WEIGHTINGS, Calibration, LinearFitStats, calibrate, collect_fit, fit_memory_bytes
 from layercut.errors import ConfigError
 from layercut.heal import chop_layers
+from layercut.laco import laco
 from layercut.loading import LoadedModel
 from layercut.onload import materialize
 from layercut.replaceme import fit_cosine, fit_residual, fold_into_block, solve_lstsq
 from layercut.scores import SPAN_SCORES, redundancy
 from layercut.selection import choose_spans, spans_to_blocks
+from layercut.sublayers import prune_sublayers
 from layercut.surgery import remove_blocks
 
 
@@ -47,6 +49,7 @@ class PruneRequest:
     cosine_objective: str = "full"
     fit_memory_budget: float = 4.0
     protect_massive: bool = True
+    granularity: str = "block"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -190,6 +193,14 @@ def chop(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> P
     return PruneOutcome(request.method, removed, [removed[0]], len(removed))
 
 
+def drop_sublayers(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
+    """`--granularity attn|mlp`: remove the `cut` most redundant attention or MLP halves (blocks stay)."""
+    if request.method != "angular":
+        raise ConfigError(f"--granularity {request.granularity} works with --method angular only")
+    record = prune_sublayers(loaded, windows, request)
+    return PruneOutcome(request.method, [], record["removed_sublayers"], 0, details=record)
+
+
 Method = Callable[[LoadedModel, torch.Tensor, PruneRequest], PruneOutcome]
 
 METHODS: dict[str, Method] = {
@@ -197,6 +208,7 @@ METHODS: dict[str, Method] = {
     "angular": drop_spans,
     "replaceme-lstsq": replaceme_lstsq,
     "replaceme-cosine": replaceme_cosine,
+    "laco": laco,
 }
 
 
@@ -206,6 +218,7 @@ def prune(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> 
     if request.cut == 0:
         return PruneOutcome(request.method, [], [], 0)
     began = time.perf_counter()
-    outcome = METHODS[request.method](loaded, windows, request)
+    method = METHODS[request.method] if request.granularity == "block" else drop_sublayers
+    outcome = method(loaded, windows, request)
     outcome.seconds = time.perf_counter() - began
     return outcome

@@ -10,9 +10,11 @@ from layercut.distributed import is_main_process
 from layercut.errors import ConfigError
 from layercut.export import count_parameters, ensure_output_free, save_checkpoint
 from layercut.heal import build_config, heal, heal_step_record
+from layercut.laco import LacoSettings
 from layercut.loading import LoadedModel
 from layercut.onload import OFFLOAD_CHOICES, load_onloaded, materialize
 from layercut.prune import METHODS, PruneRequest, prune
+from layercut.sublayers import GRANULARITIES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +42,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="layers: calibrate one block at a time from the safetensors on disk (CPU; for models "
                              "larger than memory)")
     parser.add_argument("--offload-dir", help="folder for the hidden states spilled between blocks (default: system temp)")
+    parser.add_argument("--granularity", choices=GRANULARITIES, default="block",
+                        help="block: cut whole blocks; attn / mlp: remove --cut attention or MLP sublayers "
+                             "(zeroed output projections; --method angular)")
+    laco_group = parser.add_argument_group("laco")
+    laco_group.add_argument("--laco-threshold", type=float, default=LacoSettings.threshold,
+                            help="keep a merge only when the final hidden states' mean cosine to the dense model's "
+                                 "stays at or above this (default: %(default)s)")
+    laco_group.add_argument("--laco-layers", type=int, default=LacoSettings.layers,
+                            help="blocks merged into one per step (default: %(default)s)")
+    laco_group.add_argument("--laco-interval", type=int, default=LacoSettings.interval,
+                            help="blocks to move down after an accepted merge (default: %(default)s)")
+    laco_group.add_argument("--laco-samples", type=int, default=LacoSettings.samples,
+                            help="calibration windows used for the similarity check (default: %(default)s)")
     cosine = parser.add_argument_group("replaceme-cosine")
     cosine.add_argument("--cosine-epochs", type=int, default=10)
     cosine.add_argument("--cosine-lr", type=float, default=1e-4)
@@ -63,7 +78,10 @@ def request_from_args(args: argparse.Namespace) -> PruneRequest:
         protect_massive=not args.allow_massive_cut, batch_size=args.batch_size, seed=args.seed,
         cosine_epochs=args.cosine_epochs, cosine_lr=args.cosine_lr, cosine_batch_tokens=args.cosine_batch_tokens,
         cosine_tokens=args.cosine_tokens, cosine_init=args.cosine_init, cosine_objective=args.cosine_objective,
-        fit_memory_budget=args.fit_memory_budget)
+        fit_memory_budget=args.fit_memory_budget, granularity=args.granularity,
+        extra={"laco_threshold": args.laco_threshold, "laco_layers": args.laco_layers,
+               "laco_interval": args.laco_interval, "laco_samples": args.laco_samples}
+        if args.method == "laco" else {})
 
 
 def load_for_prune(args: argparse.Namespace) -> LoadedModel:
@@ -99,8 +117,9 @@ def run(args: argparse.Namespace) -> int:
               "params_after": count_parameters(loaded.model), "seconds": round(outcome.seconds, 2),
               "selected_by": outcome.scores.get("select"), "chosen_spans": outcome.scores.get("chosen"),
               **outcome.details}
-    step = {"command": "prune", "method": args.method,
-            "summary": f"removed blocks {outcome.removed} of {layers_before}",
+    removed_what = f"removed blocks {outcome.removed}" if args.granularity == "block" else \
+        f"removed the {args.granularity} sublayers of blocks {outcome.span_starts}"
+    step = {"command": "prune", "method": args.method, "summary": f"{removed_what} of {layers_before}",
             "params": request.to_dict(), "calibration": calib_description(args), "result": result,
             "scores": outcome.scores}
     if not is_main_process():
@@ -110,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         step["heal"] = heal_after_prune(loaded, args)
         step["summary"] += f"; healed: {step['heal']['summary']}"
     save_checkpoint(loaded, args.out, step, overwrite=args.overwrite)
-    print(f"{args.method}: removed blocks {outcome.removed} ({layers_before} -> {loaded.num_layers} layers, "
+    print(f"{args.method}: {removed_what} ({layers_before} -> {loaded.num_layers} layers, "
           f"{params_before:,} -> {result['params_after']:,} parameters) in {outcome.seconds:.1f}s")
     print(f"saved to {args.out}")
     return 0

@@ -1,0 +1,129 @@
+"""LaCo (Yang et al., 2024, "LaCo: Large Language Model Pruning via Layer Collapse").
+
+Layer collapse merges a run of consecutive blocks l .. l+m into block l by keeping block l's
+parameters and adding each later block's difference from it ("reserving differences while
+seeking common"): theta_l + sum_k (theta_{l+k} - theta_l); the merged-away blocks are deleted.
+Every merge is tried on a few calibration windows and kept only when the final hidden states of
+the merged model stay close to the original model's (mean token cosine >= a threshold);
+otherwise it is undone. Merges proceed from the top of the model down, as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from layercut.errors import ConfigError
+from layercut.loading import LoadedModel
+from layercut.scores import cosine_rows
+from layercut.surgery import remove_blocks
+
+
+@dataclass(frozen=True)
+class LacoSettings:
+    """The paper's hyper-parameters: `layers` (C) blocks merged at a time, `interval` (I) blocks moved
+    down after an accepted merge, `threshold` (T) on the representation similarity, `lowest` (L)
+    the first block a merge may start at, and the calibration windows used for the check."""
+
+    layers: int = 4
+    interval: int = 2
+    threshold: float = 0.85
+    lowest: int = 1
+    samples: int = 4
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any], min_start: int | None) -> "LacoSettings":
+        settings = cls(layers=int(extra.get("laco_layers", cls.layers)),
+                       interval=int(extra.get("laco_interval", cls.interval)),
+                       threshold=float(extra.get("laco_threshold", cls.threshold)),
+                       lowest=cls.lowest if min_start is None else int(min_start),
+                       samples=int(extra.get("laco_samples", cls.samples)))
+        if settings.layers < 2 or settings.interval < 1 or settings.samples < 1:
+            raise ConfigError("LaCo needs --laco-layers >= 2, --laco-interval >= 1 and --laco-samples >= 1")
+        return settings
+
+
+def merge_parameters(base: torch.Tensor, others: list[torch.Tensor]) -> torch.Tensor:
+    """theta_l + sum_k (theta_{l+k} - theta_l), formed in float64 and cast back to the base dtype."""
+    base64 = base.double()
+    merged = base64.clone()
+    for other in others:
+        merged += other.double() - base64
+    return merged.to(base.dtype)
+
+
+def merge_blocks(base: nn.Module, others: list[nn.Module]) -> None:
+    """Overwrite `base`'s parameters with their merge with the same-named parameters of `others`."""
+    other_params = [dict(block.named_parameters()) for block in others]
+    with torch.no_grad():
+        for name, param in base.named_parameters():
+            param.copy_(merge_parameters(param, [params[name] for params in other_params]))
+
+
+def final_hidden(model: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """The decoder's last hidden states (after the final norm) for `windows`, [N, T, d]."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        outputs = [model.base_model(input_ids=windows[i:i + batch_size].to(device), use_cache=False).last_hidden_state
+                   for i in range(0, windows.shape[0], batch_size)]
+    return torch.cat(outputs)
+
+
+def representation_similarity(reference: torch.Tensor, candidate: torch.Tensor) -> float:
+    """Mean over tokens of cos(reference, candidate) of final hidden states."""
+    return float(cosine_rows(reference.reshape(-1, reference.shape[-1]),
+                             candidate.reshape(-1, candidate.shape[-1])).mean())
+
+
+def collapse(loaded: LoadedModel, windows: torch.Tensor, cut: int, settings: LacoSettings,
+             batch_size: int = 8) -> tuple[list[int], list[dict[str, Any]]]:
+    """Merge blocks from the top down until `cut` blocks are gone; returns the removed block indices
+    (of the input model) and a log of every merge tried."""
+    model, adapter = loaded.model, loaded.adapter
+    original = list(adapter.blocks(model))
+    check_windows = windows[:settings.samples]
+    reference = final_hidden(model, check_windows, batch_size)
+    alive = list(range(len(original)))
+    removed: list[int] = []
+    trials: list[dict[str, Any]] = []
+    position = len(alive) - settings.layers
+    while len(removed) < cut and position >= settings.lowest:
+        merged_away = alive[position + 1:position + min(settings.layers, cut - len(removed) + 1)]
+        base = original[alive[position]]
+        saved = {name: param.detach().clone() for name, param in base.named_parameters()}
+        merge_blocks(base, [original[i] for i in merged_away])
+        trial_alive = [i for i in alive if i not in merged_away]
+        adapter.set_blocks(model, nn.ModuleList(original[i] for i in trial_alive))
+        similarity = representation_similarity(reference, final_hidden(model, check_windows, batch_size))
+        accepted = similarity >= settings.threshold
+        trials.append({"into": alive[position], "merged": merged_away, "similarity": round(similarity, 5),
+                       "accepted": accepted})
+        if accepted:
+            alive, removed = trial_alive, removed + merged_away
+            position = min(position - settings.interval, len(alive) - settings.layers)
+        else:
+            with torch.no_grad():
+                for name, param in base.named_parameters():
+                    param.copy_(saved[name])
+            position -= 1
+    adapter.set_blocks(model, nn.ModuleList(original))
+    if len(removed) < cut:
+        raise ConfigError(f"LaCo removed only {len(removed)} of {cut} blocks: no further merge kept the output "
+                          f"similarity above --laco-threshold {settings.threshold}; lower the threshold or --cut")
+    return remove_blocks(loaded, removed), trials
+
+
+def laco(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+    """`--method laco`: layer collapse with the calibration-similarity check."""
+    from layercut.prune import PruneOutcome
+
+    settings = LacoSettings.from_extra(request.extra, request.min_start)
+    removed, trials = collapse(loaded, windows, request.cut, settings, request.batch_size)
+    merged_into = sorted({t["into"] for t in trials if t["accepted"]})
+    return PruneOutcome(request.method, removed, merged_into, len(removed),
+                        details={"laco": {"layers": settings.layers, "interval": settings.interval,
+                                          "threshold": settings.threshold, "lowest": settings.lowest,
+                                          "samples": settings.samples, "trials": trials}})
