@@ -46,12 +46,13 @@ def run(args: argparse.Namespace) -> int:
         if path:
             ensure_output_free(path, args.overwrite)
     models = {}
-    if args.baseline:
-        models[args.baseline] = load_model(args.baseline, dtype=args.dtype, device=args.device,
-                                           trust_remote_code=args.trust_remote_code)
+    baseline_label = f"{args.baseline} (baseline)" if args.baseline else None
+    if baseline_label:
+        models[baseline_label] = load_model(args.baseline, dtype=args.dtype, device=args.device,
+                                            trust_remote_code=args.trust_remote_code)
     models[args.model] = load_from_args(args)
     results = bench_models(models, batches, args.prompt_len, args.gen_len, args.repeats, args.warmup, args.seed,
-                           baseline=args.baseline)
+                           baseline=baseline_label)
     table = render_bench_markdown(results)
     print(table)
     if args.json:
