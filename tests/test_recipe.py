@@ -87,6 +87,19 @@ def test_every_step_key_is_a_flag_of_its_command(command: str):
         assert "--" + (field.alias or name).replace("_", "-") in flags, (command, name)
 
 
+SHARED_FLAGS = {"--model", "--dtype", "--device", "--device-map", "--trust-remote-code", "--seed", "--help"}
+
+
+@pytest.mark.parametrize("command", sorted(STEP_TYPES))
+def test_every_flag_of_a_command_is_a_step_key(command: str):
+    """Recipe steps mirror the commands one for one: a new flag needs a key in layercut/recipe.py."""
+    subparser = build_parser()._subparsers._group_actions[0].choices[command]  # noqa: SLF001
+    keys = {"--" + (field.alias or name).replace("_", "-") for name, field in STEP_TYPES[command].model_fields.items()}
+    flags = {option for action in subparser._actions for option in action.option_strings if option.startswith("--")}
+    set_by_runner = {"--recipe"} if command == "export" else set()
+    assert flags - SHARED_FLAGS - set_by_runner - keys == set()
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.stem)
 def test_examples_validate(example: Path, capsys):
     assert main(["run", str(example), "--dry-run"]) == 0

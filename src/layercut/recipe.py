@@ -61,6 +61,9 @@ class ScanStep(CalibFields):
     plot: str | None = None
     span: list[PositiveInt] | None = None
     top: PositiveInt | None = None
+    granularity: Literal["block", "attn", "mlp"] | None = None
+    linear_error: bool | None = None
+    cut: PositiveInt | None = None
 
 
 class PruneStep(CalibFields):
@@ -83,6 +86,25 @@ class PruneStep(CalibFields):
     cosine_tokens: PositiveInt | None = None
     cosine_init: Literal["lstsq", "identity"] | None = None
     cosine_objective: Literal["full", "residual"] | None = None
+    fit_weighting: Literal["none", "unit-target"] | None = None
+    allow_massive_cut: bool | None = None
+    granularity: Literal["block", "attn", "mlp"] | None = None
+    train_samples: NonNegativeInt | None = None
+    epochs: PositiveInt | None = None
+    lr: PositiveFloat | None = None
+    train_batch_tokens: PositiveInt | None = None
+    patience: PositiveInt | None = None
+    lm_loss_steps: NonNegativeInt | None = None
+    lm_loss_lr: PositiveFloat | None = None
+    streamline_memory: PositiveFloat | None = None
+    ppl_samples: PositiveInt | None = None
+    laco_threshold: float | None = Field(None, ge=-1.0, le=1.0)
+    laco_layers: int | None = Field(None, ge=2)
+    laco_interval: PositiveInt | None = None
+    laco_samples: PositiveInt | None = None
+    heal_steps: NonNegativeInt | None = None
+    heal_mode: Literal["full", "lora"] | None = None
+    heal_lr: PositiveFloat | None = None
 
     @field_validator("method")
     @classmethod
