@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from layercut.baselines import drop_by_perplexity, drop_last, drop_random, shortgpt
 from layercut.capture import FIT_WEIGHTINGS, Calibration, LinearFitStats, calibrate, collect_fit, fit_memory_bytes
 from layercut.errors import ConfigError
 from layercut.heal import chop_layers
@@ -23,6 +24,7 @@ from layercut.onload import materialize
 from layercut.replaceme import fit_cosine, fit_residual, fold_into_block, solve_lstsq
 from layercut.scores import SPAN_SCORES, redundancy
 from layercut.selection import choose_spans, spans_to_blocks
+from layercut.streamline import streamline_ffn, streamline_layer
 from layercut.sublayers import prune_sublayers
 from layercut.surgery import remove_blocks
 
@@ -209,6 +211,12 @@ METHODS: dict[str, Method] = {
     "replaceme-lstsq": replaceme_lstsq,
     "replaceme-cosine": replaceme_cosine,
     "laco": laco,
+    "streamline-layer": streamline_layer,
+    "streamline-ffn": streamline_ffn,
+    "shortgpt": shortgpt,
+    "last": drop_last,
+    "random": drop_random,
+    "ppl": drop_by_perplexity,
 }
 
 

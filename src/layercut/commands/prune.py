@@ -6,6 +6,7 @@ import argparse
 
 from layercut.commands.common import (add_calib_args, add_model_args, add_output_args, calib_description,
                                       calib_from_args, load_from_args, seed_everything)
+from layercut.commands.method_args import add_method_args, method_extra, select_for
 from layercut.distributed import is_main_process
 from layercut.errors import ConfigError
 from layercut.export import count_parameters, ensure_output_free, save_checkpoint
@@ -27,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--start", type=int, help="force the first removed block (single cut)")
     parser.add_argument("--min-start", type=int, help="earliest block a cut may start at")
     parser.add_argument("--num-cuts", type=int, default=1, help="split the cut into this many separate spans")
-    parser.add_argument("--select", default="angular", help="span score: angular, angular-last or cosine")
+    parser.add_argument("--select", default=None,
+                        help="span score: angular, angular-last or cosine (default: cosine for streamline-*, else angular)")
     parser.add_argument("--alpha", type=float, default=0.0, help="ridge penalty of the least-squares map")
     parser.add_argument("--allow-massive-cut", action="store_true",
                         help="let ReplaceMe cut a block that creates massive activations (excluded by default: "
@@ -45,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--granularity", choices=GRANULARITIES, default="block",
                         help="block: cut whole blocks; attn / mlp: remove --cut attention or MLP sublayers "
                              "(zeroed output projections; --method angular)")
+    add_method_args(parser)
     laco_group = parser.add_argument_group("laco")
     laco_group.add_argument("--laco-threshold", type=float, default=LacoSettings.threshold,
                             help="keep a merge only when the final hidden states' mean cosine to the dense model's "
@@ -74,14 +77,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def request_from_args(args: argparse.Namespace) -> PruneRequest:
     return PruneRequest(
         method=args.method, cut=args.cut, start=args.start, min_start=args.min_start, num_cuts=args.num_cuts,
-        select=args.select, alpha=args.alpha, fit_weighting=args.fit_weighting,
+        select=select_for(args.method, args.select), alpha=args.alpha, fit_weighting=args.fit_weighting,
         protect_massive=not args.allow_massive_cut, batch_size=args.batch_size, seed=args.seed,
         cosine_epochs=args.cosine_epochs, cosine_lr=args.cosine_lr, cosine_batch_tokens=args.cosine_batch_tokens,
         cosine_tokens=args.cosine_tokens, cosine_init=args.cosine_init, cosine_objective=args.cosine_objective,
         fit_memory_budget=args.fit_memory_budget, granularity=args.granularity,
         extra={"laco_threshold": args.laco_threshold, "laco_layers": args.laco_layers,
                "laco_interval": args.laco_interval, "laco_samples": args.laco_samples}
-        if args.method == "laco" else {})
+        if args.method == "laco" else method_extra(args, args.method))
 
 
 def load_for_prune(args: argparse.Namespace) -> LoadedModel:

@@ -1,0 +1,115 @@
+"""Depth-pruning baselines that only choose blocks to delete (no replacement):
+
+- `shortgpt`: the `cut` blocks with the lowest Block Influence (ShortGPT), not necessarily contiguous;
+- `last`: the `cut` blocks just before the final one;
+- `random`: `cut` blocks drawn with `--seed` (the final block kept);
+- `ppl`: the contiguous span whose removal gives the lowest calibration perplexity. Exhaustive:
+  one forward pass over `ppl_samples` calibration windows (default 16) *with* the LM head for each
+  of the L - n + 1 candidate spans, so about (L - n + 1) * ppl_samples / samples scan passes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from layercut.capture import calibrate
+from layercut.errors import ConfigError
+from layercut.evaluation.perplexity import window_nll
+from layercut.loading import LoadedModel
+from layercut.selection import lowest_scores
+from layercut.surgery import remove_blocks
+
+PPL_SAMPLES = 16
+
+
+def last_blocks(num_layers: int, cut: int) -> list[int]:
+    """The `cut` blocks just before the final block: L-1-cut .. L-2."""
+    return list(range(num_layers - 1 - cut, num_layers - 1))
+
+
+def random_blocks(num_layers: int, cut: int, seed: int) -> list[int]:
+    """`cut` distinct blocks among 0 .. L-2 drawn with `seed` (the final block is kept, as in `last`)."""
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(int(i) for i in torch.randperm(num_layers - 1, generator=generator)[:cut])
+
+
+def _outcome(request: Any, removed: list[int], scores: dict[str, Any] | None = None,
+             details: dict[str, Any] | None = None) -> Any:
+    from layercut.prune import PruneOutcome
+
+    return PruneOutcome(request.method, removed, removed, 1, scores=scores or {}, details=details or {})
+
+
+def _check_fits(loaded: LoadedModel, cut: int) -> None:
+    if cut > loaded.num_layers - 1:
+        raise ConfigError(f"--cut {cut} leaves no block before the final one of {loaded.num_layers}; lower --cut")
+
+
+def shortgpt(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+    """ShortGPT: delete the `cut` blocks with the lowest Block Influence on the calibration windows."""
+    calibration = calibrate(loaded, windows, request.batch_size, progress=request.progress)
+    influence = calibration.scan.block_influence()
+    removed = remove_blocks(loaded, lowest_scores(influence, request.cut))
+    return _outcome(request, removed, {"select": "block_influence", "block_influence": influence.tolist(),
+                                       "calibration_tokens": int(calibration.scan.tokens)})
+
+
+def drop_last(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+    """Delete the `cut` blocks just before the final one (no calibration)."""
+    _check_fits(loaded, request.cut)
+    return _outcome(request, remove_blocks(loaded, last_blocks(loaded.num_layers, request.cut)))
+
+
+def drop_random(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+    """Delete `cut` random blocks (seeded; no calibration)."""
+    _check_fits(loaded, request.cut)
+    blocks = random_blocks(loaded.num_layers, request.cut, request.seed)
+    return _outcome(request, remove_blocks(loaded, blocks), details={"seed": request.seed})
+
+
+def span_perplexities(loaded: LoadedModel, windows: torch.Tensor, span_len: int, min_start: int = 0,
+                      batch_size: int = 8, progress: bool = True) -> dict[int, float]:
+    """Perplexity on `windows` with blocks k .. k+span_len-1 left out, for every start k >= min_start.
+
+    Blocks are skipped by swapping the block list (no copy); the model is restored afterwards.
+    """
+    adapter, model = loaded.adapter, loaded.model
+    original = list(adapter.blocks(model))
+    results: dict[int, float] = {}
+    try:
+        for start in range(min_start, len(original) - span_len + 1):
+            kept = original[:start] + original[start + span_len:]
+            adapter.set_blocks(model, nn.ModuleList(kept))
+            nll, count = window_nll(model, windows, batch_size, progress=False)
+            results[start] = math.exp(nll / count)
+            if progress:
+                print(f"ppl scan: blocks {start}..{start + span_len - 1} removed -> {results[start]:.3f}")
+    finally:
+        adapter.set_blocks(model, nn.ModuleList(original))
+    return results
+
+
+def drop_by_perplexity(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+    """Delete the contiguous span whose removal keeps calibration perplexity lowest (exhaustive search)."""
+    samples = int(request.extra.get("ppl_samples", PPL_SAMPLES))
+    if samples < 1:
+        raise ConfigError("--ppl-samples must be at least 1")
+    min_start = 0 if request.min_start is None else request.min_start
+    if request.start is not None:
+        min_start = request.start
+    perplexities = span_perplexities(loaded, windows[:samples], request.cut, min_start, request.batch_size,
+                                     request.progress)
+    if request.start is not None:
+        perplexities = {request.start: perplexities[request.start]}
+    if not perplexities:
+        raise ConfigError(f"no span of {request.cut} blocks starts at block {min_start} or later; lower --min-start")
+    start = min(perplexities, key=lambda k: (perplexities[k], k))
+    removed = remove_blocks(loaded, range(start, start + request.cut))
+    outcome = _outcome(request, removed, {"select": "perplexity", "span_perplexity": perplexities,
+                                          "ppl_samples": samples})
+    outcome.span_starts, outcome.span_len = [start], request.cut
+    return outcome

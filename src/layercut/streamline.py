@@ -1,0 +1,387 @@
+"""LLM-Streamline (ALGORITHMS.md section 3): replace the most similar span of blocks by one trained module.
+
+The span k .. k+n-1 with the highest span cosine (or another `--select` score) is chosen from one
+scan. One capture pass, stopped after block k+n-1, keeps X_k and X_{k+n} for every calibration
+token (in memory, or in a memory-mapped temp file above a size threshold). A replacement is then
+trained with MSE to map X_k to X_{k+n}:
+
+- "layer": a copy of block k (the model's own decoder-layer class), called with the keyword
+  arguments the model itself passed to block k (position embeddings, masks) captured by a hook;
+- "ffn": block k's MLP with its pre-norm, x + MLP(norm(x)). It is exported as block k with a
+  zeroed attention output projection, so plain `transformers` loads the result.
+
+An optional second stage fine-tunes the replacement with the next-token loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from layercut.adapters import get_path
+from layercut.capture import calibrate, first_tensor, forward_blocks
+from layercut.errors import ConfigError, UnsupportedArchitectureError
+from layercut.loading import LoadedModel
+from layercut.scores import redundancy
+from layercut.selection import choose_spans
+from layercut.surgery import remove_blocks
+
+KINDS = ("layer", "ffn")
+
+
+@dataclass(frozen=True)
+class StreamlineSettings:
+    """Training settings. `train_samples` caps the calibration windows used (0 = all); a tenth of
+    them (at least one) is held out for early stopping after `patience` epochs without improvement.
+    Hidden states above `memory_gib` go to a memory-mapped file instead of RAM."""
+
+    epochs: int = 5
+    lr: float = 2e-4
+    train_batch_tokens: int = 2048
+    train_samples: int = 0
+    patience: int = 2
+    lm_loss_steps: int = 0
+    lm_loss_lr: float = 1e-5
+    memory_gib: float = 2.0
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> "StreamlineSettings":
+        names = {name: kind for name, kind in cls.__annotations__.items()}
+        values = {name: (float if names[name] == "float" else int)(extra[name]) for name in names if name in extra}
+        settings = cls(**values)
+        if settings.epochs < 1 or settings.lr <= 0 or settings.train_batch_tokens < 1 or settings.patience < 1:
+            raise ConfigError("streamline needs --epochs >= 1, --lr > 0, --train-batch-tokens >= 1, --patience >= 1")
+        if settings.train_samples < 0 or settings.lm_loss_steps < 0:
+            raise ConfigError("--train-samples and --lm-loss-steps must be 0 or more")
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class FFNReplacement(nn.Module):
+    """x + MLP(norm(x)): an MLP of the model's own class with its pre-norm, as one residual step."""
+
+    def __init__(self, norm: nn.Module, mlp: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+        self.mlp = mlp
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + first_tensor(self.mlp(self.norm(hidden)))
+
+
+class HiddenStore:
+    """Span inputs X_k and outputs X_{k+n} of every window, [W, T, d] float32 each, in RAM or memory-mapped."""
+
+    def __init__(self, windows: int, seq_len: int, dim: int, directory: Path | None) -> None:
+        shape = (windows, seq_len, dim)
+        self.inputs = self._allocate(shape, directory, "inputs")
+        self.targets = self._allocate(shape, directory, "targets")
+        self.on_disk = directory is not None
+
+    @staticmethod
+    def _allocate(shape: tuple[int, int, int], directory: Path | None, name: str) -> torch.Tensor:
+        if directory is None:
+            return torch.empty(shape, dtype=torch.float32)
+        path = directory / f"{name}.f32"
+        count = shape[0] * shape[1] * shape[2]
+        with open(path, "wb") as handle:
+            handle.truncate(count * 4)
+        return torch.from_file(str(path), shared=True, size=count, dtype=torch.float32).view(shape)
+
+
+def store_bytes(windows: int, seq_len: int, dim: int) -> int:
+    """Bytes the two float32 hidden-state tensors of a capture take."""
+    return 2 * windows * seq_len * dim * 4
+
+
+@contextmanager
+def hidden_store(windows: torch.Tensor, dim: int, memory_gib: float) -> Iterator[HiddenStore]:
+    """A store for `windows`; a temp directory of memory-mapped files when it would exceed `memory_gib`."""
+    count, seq_len = windows.shape
+    if store_bytes(count, seq_len, dim) <= memory_gib * 2**30:
+        yield HiddenStore(count, seq_len, dim, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="layercut-streamline-") as directory:
+        yield HiddenStore(count, seq_len, dim, Path(directory))
+
+
+def capture_span(loaded: LoadedModel, windows: torch.Tensor, start: int, span_len: int, store: HiddenStore,
+                 batch_size: int, progress: bool = True) -> None:
+    """Fill `store` with X_start and X_{start+span_len} of every window (the pass stops after the span)."""
+    row = 0
+    for capture in forward_blocks(loaded, windows, batch_size, stop_after=start + span_len - 1,
+                                  desc="streamline capture", progress=progress):
+        count = capture.hidden[start].shape[0]
+        store.inputs[row:row + count] = capture.hidden[start].float().cpu()
+        store.targets[row:row + count] = capture.hidden[start + span_len].float().cpu()
+        row += count
+
+
+def block_call_kwargs(loaded: LoadedModel, window: torch.Tensor, block_index: int) -> dict[str, Any]:
+    """The keyword arguments the model passes to block `block_index` for one window (position
+    embeddings, attention mask...), so a standalone copy of the block can be called the same way.
+    Tensors keep batch size 1 and broadcast over a batch of windows of the same length."""
+    block = loaded.adapter.blocks(loaded.model)[block_index]
+    seen: dict[str, Any] = {}
+
+    def grab(_module: nn.Module, _args: tuple, kwargs: dict[str, Any]) -> None:
+        seen.update({key: value for key, value in kwargs.items() if key != "hidden_states"})
+
+    handle = block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for _ in forward_blocks(loaded, window[:1], 1, stop_after=block_index, progress=False):
+            pass
+    finally:
+        handle.remove()
+    for key in ("past_key_value", "past_key_values", "layer_past"):
+        seen.pop(key, None)
+    seen["use_cache"] = False
+    return {key: _outside_inference(value) for key, value in seen.items()}
+
+
+def _outside_inference(value: Any) -> Any:
+    """A copy usable with autograd of a tensor (or tuple of tensors) captured under inference mode."""
+    if torch.is_tensor(value):
+        return value.clone()
+    if isinstance(value, tuple):
+        return tuple(_outside_inference(item) for item in value)
+    return value
+
+
+def build_replacement(loaded: LoadedModel, start: int, kind: str) -> nn.Module:
+    """A float32 trainable copy of block `start` ("layer") or of its MLP with its pre-norm ("ffn")."""
+    adapter = loaded.adapter
+    block = adapter.blocks(loaded.model)[start]
+    if kind == "layer":
+        module = copy.deepcopy(block)
+    else:
+        if adapter.mlp_post_norm is not None:
+            raise UnsupportedArchitectureError(
+                f"{adapter.name} normalises the MLP output ({adapter.mlp_post_norm}), so an FFN replacement cannot "
+                "be exported as a plain decoder layer; use --method streamline-layer for this model")
+        module = FFNReplacement(copy.deepcopy(get_path(block, adapter.post_attn_norm)),
+                                copy.deepcopy(adapter.mlp_module(block)))
+    return module.float().train()
+
+
+def apply_replacement(module: nn.Module, inputs: torch.Tensor, kind: str, kwargs: dict[str, Any]) -> torch.Tensor:
+    """Run the replacement on [B, T, d] inputs (the layer kind needs whole windows and the block kwargs)."""
+    if kind == "layer":
+        return first_tensor(module(inputs, **kwargs))
+    return module(inputs)
+
+
+def _batches(count: int, per_batch: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    order = torch.randperm(count, generator=generator) if generator is not None else torch.arange(count)
+    return [order[i:i + per_batch] for i in range(0, count, per_batch)]
+
+
+def span_mse(module: nn.Module, store: HiddenStore, window_ids: torch.Tensor, kind: str, kwargs: dict[str, Any],
+             windows_per_batch: int, device: torch.device) -> float:
+    """Mean squared error of the replacement over the given windows (all their tokens)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for pick in _batches(len(window_ids), windows_per_batch, None):
+            ids = window_ids[pick]
+            inputs, targets = store.inputs[ids].to(device), store.targets[ids].to(device)
+            error = apply_replacement(module, inputs, kind, kwargs) - targets
+            total += float(error.double().pow(2).sum())
+            count += error.numel()
+    return total / max(count, 1)
+
+
+def identity_mse(store: HiddenStore, window_ids: torch.Tensor) -> float:
+    """MSE of leaving the span out entirely (X_{k+n} predicted by X_k)."""
+    error = store.targets[window_ids].double() - store.inputs[window_ids].double()
+    return float(error.pow(2).mean())
+
+
+def train_replacement(module: nn.Module, store: HiddenStore, kind: str, kwargs: dict[str, Any],
+                      settings: StreamlineSettings, seed: int, device: torch.device,
+                      progress: bool = True) -> dict[str, Any]:
+    """AdamW on the MSE between the replacement's output and X_{k+n}, early-stopped on held-out windows.
+
+    The FFN kind samples token rows across windows; the layer kind takes whole windows (attention
+    needs the sequence). The best held-out state is restored at the end.
+    """
+    windows, seq_len, _ = store.inputs.shape
+    held = max(1, windows // 10) if windows > 1 else 0
+    train_ids, held_ids = torch.arange(windows - held), torch.arange(windows - held, windows)
+    if held == 0:
+        held_ids = train_ids
+    windows_per_batch = max(1, settings.train_batch_tokens // seq_len)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=settings.lr)
+    best = span_mse(module, store, held_ids, kind, kwargs, windows_per_batch, device)
+    history = {"identity_heldout_mse": identity_mse(store, held_ids), "initial_heldout_mse": best, "epochs": []}
+    best_state = copy.deepcopy(module.state_dict())
+    stale = 0
+    bar = tqdm(range(settings.epochs), desc=f"streamline {kind}", unit="epoch", disable=not progress)
+    for _ in bar:
+        train_loss = _train_epoch(module, optimizer, store, train_ids, kind, kwargs, settings, generator, device)
+        held_mse = span_mse(module, store, held_ids, kind, kwargs, windows_per_batch, device)
+        history["epochs"].append({"train_mse": train_loss, "heldout_mse": held_mse})
+        bar.set_postfix(train=f"{train_loss:.4g}", heldout=f"{held_mse:.4g}")
+        if held_mse < best:
+            best, best_state, stale = held_mse, copy.deepcopy(module.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                break
+    module.load_state_dict(best_state)
+    history.update({"best_heldout_mse": best, "train_windows": len(train_ids), "heldout_windows": held})
+    return history
+
+
+def _train_epoch(module: nn.Module, optimizer: torch.optim.Optimizer, store: HiddenStore, train_ids: torch.Tensor,
+                 kind: str, kwargs: dict[str, Any], settings: StreamlineSettings, generator: torch.Generator,
+                 device: torch.device) -> float:
+    """One pass over the training windows (layer) or their tokens (ffn); returns the mean batch loss."""
+    seq_len, dim = store.inputs.shape[1:]
+    losses = []
+    if kind == "layer":
+        per_batch = max(1, settings.train_batch_tokens // seq_len)
+        for pick in _batches(len(train_ids), per_batch, generator):
+            ids = train_ids[pick]
+            losses.append(_step(module, optimizer, store.inputs[ids], store.targets[ids], kind, kwargs, device))
+        return sum(losses) / len(losses)
+    inputs = store.inputs[train_ids].reshape(-1, dim)
+    targets = store.targets[train_ids].reshape(-1, dim)
+    for pick in _batches(inputs.shape[0], settings.train_batch_tokens, generator):
+        losses.append(_step(module, optimizer, inputs[pick], targets[pick], kind, kwargs, device))
+    return sum(losses) / len(losses)
+
+
+def _step(module: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor,
+          kind: str, kwargs: dict[str, Any], device: torch.device) -> float:
+    optimizer.zero_grad()
+    loss = nn.functional.mse_loss(apply_replacement(module, inputs.to(device), kind, kwargs), targets.to(device))
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def install_replacement(loaded: LoadedModel, start: int, span_len: int, module: nn.Module, kind: str) -> list[int]:
+    """Write the trained module into block `start` and delete blocks start+1 .. start+span_len-1.
+
+    For "ffn", block `start` keeps its attention but its output projection (weight and bias) is
+    zeroed, so the block computes x + MLP(norm(x)): a plain decoder layer of the model's class.
+    """
+    adapter = loaded.adapter
+    block = adapter.blocks(loaded.model)[start]
+    with torch.no_grad():
+        if kind == "layer":
+            block.load_state_dict(module.state_dict())
+        else:
+            get_path(block, adapter.post_attn_norm).load_state_dict(module.norm.state_dict())
+            adapter.mlp_module(block).load_state_dict(module.mlp.state_dict())
+            out_proj = adapter.attn_out_proj(block)
+            for param in (out_proj.weight, getattr(out_proj, "bias", None)):
+                if param is not None:
+                    param.zero_()
+    return remove_blocks(loaded, range(start + 1, start + span_len))
+
+
+def replacement_parameters(loaded: LoadedModel, block_index: int, kind: str) -> list[nn.Parameter]:
+    """The parameters of the installed replacement that the LM-loss stage trains."""
+    adapter = loaded.adapter
+    block = adapter.blocks(loaded.model)[block_index]
+    if kind == "layer":
+        return list(block.parameters())
+    return [*get_path(block, adapter.post_attn_norm).parameters(), *adapter.mlp_module(block).parameters()]
+
+
+def lm_loss_stage(loaded: LoadedModel, windows: torch.Tensor, block_index: int, kind: str,
+                  settings: StreamlineSettings, seed: int, progress: bool = True) -> list[float]:
+    """Fine-tune only the replacement with the next-token loss on the calibration windows."""
+    model = loaded.model
+    params = replacement_parameters(loaded, block_index, kind)
+    trainable = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if id(p) not in trainable and p.requires_grad]
+    for param in frozen:
+        param.requires_grad_(False)
+    optimizer = torch.optim.AdamW(params, lr=settings.lm_loss_lr)
+    generator = torch.Generator().manual_seed(seed)
+    per_batch = max(1, settings.train_batch_tokens // windows.shape[1])
+    losses = []
+    model.train()
+    try:
+        for _ in tqdm(range(settings.lm_loss_steps), desc="streamline LM loss", unit="step", disable=not progress):
+            pick = torch.randint(0, windows.shape[0], (per_batch,), generator=generator)
+            batch = windows[pick].to(loaded.device)
+            optimizer.zero_grad()
+            loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    finally:
+        model.eval()
+        for param in frozen:
+            param.requires_grad_(True)
+    return losses
+
+
+def choose_span(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> tuple[int, dict[str, Any]]:
+    """The span start: `request.start`, else the most redundant span of `request.cut` blocks by `request.select`."""
+    if request.start is not None:
+        return request.start, {}
+    calibration = calibrate(loaded, windows, request.batch_size, progress=request.progress)
+    min_start = 0 if request.min_start is None else request.min_start
+    start = choose_spans(redundancy(calibration.scan, request.select), request.cut, 1, min_start)[0]
+    scan = calibration.scan
+    return start, {"select": request.select, "calibration_tokens": int(scan.tokens),
+                   "chosen": [{"start": start, "blocks": f"{start}..{start + request.cut - 1}",
+                               "cosine": float(scan.span_cosine()[start, request.cut]),
+                               "angular": float(scan.span_angular()[start, request.cut])}],
+                   "span_scores": redundancy(scan, request.select).abs().tolist()}
+
+
+def streamline(loaded: LoadedModel, windows: torch.Tensor, request: Any, kind: str) -> Any:
+    """Choose a span, train its replacement on captured hidden states, install it; returns a PruneOutcome."""
+    from layercut.prune import PruneOutcome
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown replacement kind {kind}")
+    if loaded.onload is not None:
+        raise ConfigError("streamline trains a replacement in memory; drop --offload layers")
+    settings = StreamlineSettings.from_extra(request.extra)
+    torch.manual_seed(request.seed)
+    span_len = request.cut
+    start, scores = choose_span(loaded, windows, request)
+    train_windows = windows[:settings.train_samples] if settings.train_samples else windows
+    module = build_replacement(loaded, start, kind).to(loaded.device)
+    kwargs = block_call_kwargs(loaded, train_windows, start) if kind == "layer" else {}
+    dim = loaded.model.config.hidden_size
+    with hidden_store(train_windows, dim, settings.memory_gib) as store:
+        capture_span(loaded, train_windows, start, span_len, store, request.batch_size, request.progress)
+        history = train_replacement(module, store, kind, kwargs, settings, request.seed, loaded.device,
+                                    request.progress)
+        history["streamed_from_disk"] = store.on_disk
+    removed = install_replacement(loaded, start, span_len, module, kind)
+    if settings.lm_loss_steps:
+        history["lm_loss"] = lm_loss_stage(loaded, train_windows, start, kind, settings, request.seed,
+                                           request.progress)
+    details = {"streamline": {"kind": kind, "replaced_blocks": list(range(start, start + span_len)),
+                              "replacement_block": start, "settings": settings.to_dict(), **history}}
+    return PruneOutcome(request.method, removed, [start], span_len, scores=scores, details=details)
+
+
+def streamline_layer(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+    """`--method streamline-layer`: one decoder layer (initialised from the span's first block) replaces the span."""
+    return streamline(loaded, windows, request, "layer")
+
+
+def streamline_ffn(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+    """`--method streamline-ffn`: an FFN (MLP + pre-norm, from the span's first block) replaces the span."""
+    return streamline(loaded, windows, request, "ffn")
