@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from layercut.commands.common import seed_everything
 from layercut.data import calibration_windows
 from layercut.evaluation.perplexity import text_perplexity
 from layercut.heal import build_config, chop_layers, heal
@@ -64,6 +65,7 @@ def heal_row(pruned: LoadedModel, mode: str, lr: float, args: argparse.Namespace
 
 def main() -> None:
     args = parse_args()
+    seed_everything(0)
     began = time.perf_counter()
     dense = load_model("smollm2-135m", dtype="float32", device="cpu")
     windows = calibration_windows(dense.tokenizer, str(TRAIN_TEXT), args.calib_samples, 256, seed=0)
