@@ -7,6 +7,7 @@ speed is paired: the dense model is timed right before each slimmed one (best of
 each), so load from other processes on a shared machine affects both sides alike.
 
     python bench/slim.py --max-tokens 8192 --limit 100 --threads 1 --json bench/slim.json
+    python bench/slim.py --methods magnitude --speed-only --new-tokens 64 --repeats 5 --json bench/slim_speed.json
 """
 
 from __future__ import annotations
@@ -53,12 +54,14 @@ def zero_shot_mean(loaded: LoadedModel, tasks: list[Task]) -> dict[str, float]:
 
 
 def measure(loaded: LoadedModel, dense: LoadedModel, tasks: list[Task], args: argparse.Namespace) -> dict[str, Any]:
-    ppl = text_perplexity(loaded, args.ppl, seq_len=args.seq_len, max_tokens=args.max_tokens, progress=False)
     dense_speed = decode_tokens_per_second(dense, args.new_tokens, args.repeats)
     speed = dense_speed if loaded is dense else decode_tokens_per_second(loaded, args.new_tokens, args.repeats)
-    return {"perplexity": round(ppl.perplexity, 3), "ppl_tokens": ppl.predicted_tokens,
-            "zero_shot": {k: round(v, 4) for k, v in zero_shot_mean(loaded, tasks).items()},
-            "params": count_parameters(loaded.model), "ffn_width": int(loaded.model.config.intermediate_size),
+    quality: dict[str, Any] = {}
+    if not args.speed_only:
+        ppl = text_perplexity(loaded, args.ppl, seq_len=args.seq_len, max_tokens=args.max_tokens, progress=False)
+        quality = {"perplexity": round(ppl.perplexity, 3), "ppl_tokens": ppl.predicted_tokens,
+                   "zero_shot": {k: round(v, 4) for k, v in zero_shot_mean(loaded, tasks).items()}}
+    return {**quality, "params": count_parameters(loaded.model), "ffn_width": int(loaded.model.config.intermediate_size),
             "decode_tok_s": round(speed, 2), "decode_vs_dense": round(speed / dense_speed, 3)}
 
 
@@ -79,13 +82,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; 1 is steadier than 2 on a 2-core machine shared with other jobs")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only parameters and decode speed (they depend on the width, not on the method)")
     parser.add_argument("--json", default="bench/slim.json")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     dense = load_model(args.model, device="cpu")
-    tasks = [load_task(name, args.tasks_dir, args.limit) for name in args.tasks.split(",") if name]
+    names = [] if args.speed_only else [name for name in args.tasks.split(",") if name]
+    tasks = [load_task(name, args.tasks_dir, args.limit) for name in names]
     results: dict[str, Any] = {"settings": vars(args), "rows": []}
 
     def record(row: dict[str, Any]) -> None:
