@@ -111,8 +111,10 @@ def collapse(loaded: LoadedModel, windows: torch.Tensor, cut: int, settings: Lac
             position -= 1
     adapter.set_blocks(model, nn.ModuleList(original))
     if len(removed) < cut:
+        best = max((t["similarity"] for t in trials if not t["accepted"]), default=float("nan"))
         raise ConfigError(f"LaCo removed only {len(removed)} of {cut} blocks: no further merge kept the output "
-                          f"similarity above --laco-threshold {settings.threshold}; lower the threshold or --cut")
+                          f"similarity above --laco-threshold {settings.threshold} (best rejected merge: {best:.3f}); "
+                          "lower the threshold or --cut")
     return remove_blocks(loaded, removed), trials
 
 
