@@ -55,6 +55,9 @@ def test_offload_needs_a_local_checkpoint(capsys):
     assert main(["prune", "--model", "no/such/dir/", "--offload", "layers", "--method", "angular", "--cut", "1",
                  "--out", "unused"]) == 2
     assert "--offload layers needs a local" in capsys.readouterr().err
+    assert main(["prune", "--model", "no/such/dir/", "--offload", "layers", "--method", "laco", "--cut", "1",
+                 "--out", "unused"]) == 2
+    assert "needs the whole model in memory" in capsys.readouterr().err
 
 
 PEAK_SCRIPT = """

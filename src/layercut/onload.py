@@ -36,6 +36,19 @@ from layercut.errors import ConfigError, ModelLoadError
 from layercut.loading import ALIASES, LoadedModel, cached_alias_dir, load_tokenizer, read_history, resolve_dtype
 
 OFFLOAD_CHOICES = ("none", "layers")
+# Methods whose only edits are deleting blocks and folding a ReplaceMe map (which reads its block
+# first): these work on a skeleton. Methods that train, merge or score with full forwards need the model.
+OFFLOAD_METHODS = ("angular", "replaceme-lstsq", "replaceme-cosine", "shortgpt", "chop", "last", "random")
+
+
+def check_offload_supported(method: str, granularity: str = "block", heal_steps: int = 0) -> None:
+    """Refuse, before loading, a pruning setup that needs every weight in memory."""
+    if method not in OFFLOAD_METHODS:
+        raise ConfigError(f"--offload layers works with --method {', '.join(OFFLOAD_METHODS)}; "
+                          f"'{method}' needs the whole model in memory (drop --offload)")
+    if granularity != "block" or heal_steps:
+        raise ConfigError("--offload layers cuts whole blocks without healing; drop --granularity/--heal-steps "
+                          "or --offload")
 
 
 class SafetensorsWeights:

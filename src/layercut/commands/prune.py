@@ -13,7 +13,7 @@ from layercut.export import count_parameters, ensure_output_free, save_checkpoin
 from layercut.heal import build_config, heal, heal_step_record
 from layercut.laco import LacoSettings
 from layercut.loading import LoadedModel
-from layercut.onload import OFFLOAD_CHOICES, load_onloaded, materialize
+from layercut.onload import OFFLOAD_CHOICES, check_offload_supported, load_onloaded, materialize
 from layercut.prune import METHODS, PruneRequest, prune
 from layercut.sublayers import GRANULARITIES
 
@@ -93,6 +93,7 @@ def load_for_prune(args: argparse.Namespace) -> LoadedModel:
         return load_from_args(args)
     if args.device_map:
         raise ConfigError("--offload layers and --device-map both place the weights; pass only one")
+    check_offload_supported(args.method, args.granularity, args.heal_steps)
     seed_everything(args.seed)
     return load_onloaded(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                          spill_dir=args.offload_dir)
