@@ -92,7 +92,8 @@ def main() -> None:
     for row in rows:
         removed = row.get("removed_sublayers") or row.get("removed_blocks") or row.get("error", "")
         ratio = f"{row['ppl'] / rows[0]['ppl']:.2f}x" if "ppl" in row else "-"
-        print(f"| {row['name']} | {row.get('layers', '-')} | {removed} | {row.get('ppl', float('nan')):.2f} | {ratio} |")
+        ppl = f"{row['ppl']:.2f}" if "ppl" in row else "-"
+        print(f"| {row['name']} | {row.get('layers', '-')} | {removed} | {ppl} | {ratio} |")
     print(render_bench_markdown(speed))
 
 

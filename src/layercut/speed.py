@@ -231,8 +231,9 @@ def render_bench_markdown(results: dict[str, Any]) -> str:
     for run in results["runs"]:
         measured, ideal = run["measured_speedup"], run["ideal_speedup"]
         profile = results["models"][run["model"]]
-        lines.append(f"| {run['model']} | {profile['layers']} | {run['batch']} | {_spread(run['prefill_tokens_per_s'])} "
-                     f"| {_spread(run['decode_tokens_per_s'])} | {_spread(run['ttft_ms'])} "
+        lines.append(f"| {run['model']} | {profile['layers']} | {run['batch']} "
+                     f"| {_spread(run['prefill_tokens_per_s'])} | {_spread(run['decode_tokens_per_s'])} "
+                     f"| {_spread(run['ttft_ms'])} "
                      f"| {_spread(run['peak_memory_mb'])} | {measured['prefill']:.2f} | {measured['decode']:.2f} "
                      f"| {ideal['layers']:.2f} / {ideal['parameters']:.2f} / {ideal['prefill_flops']:.2f} / "
                      f"{ideal['decode_flops']:.2f} |")

@@ -73,7 +73,7 @@ def scan_sublayers(loaded: LoadedModel, windows: torch.Tensor, batch_size: int =
 
 def sublayer_scores(stats: SublayerStats, part: str, select: str) -> torch.Tensor:
     """Per-block scores of one half, oriented so that lower = more redundant."""
-    if select in ("angular", "angular-last"):
+    if select == "angular":
         return stats.angular(part)
     if select == "cosine":
         return -stats.cosine(part)
