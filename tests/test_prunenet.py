@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import pytest
@@ -205,9 +204,7 @@ def test_smollm2_prunenet_few_episodes(smollm2) -> None:
     import copy
 
     loaded = copy.deepcopy(smollm2)
-    start = time.perf_counter()
     step = slim_model(loaded, "prunenet", PolicyConfig(ratio=0.2, episodes=3), progress=False)
-    assert time.perf_counter() - start < 45
     assert step["result"]["ffn_width_after"] == 1229 == loaded.model.config.intermediate_size
     windows = random_windows(1, 32)
     with torch.no_grad():
