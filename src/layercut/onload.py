@@ -1,7 +1,7 @@
 """Layer-by-layer onloading: calibrate a model that does not fit in memory, one block at a time.
 
 The model is built from its config with every parameter on the meta device (no memory); only the
-parts outside the decoder blocks (embeddings, final norm) are read from the safetensors files.
+parts outside the decoder blocks (embeddings, final norm, LM head) are read from the safetensors files.
 One tiny pass through that skeleton, with every block's `forward` swapped for a recorder, gives
 the inputs of block 0 and the exact arguments the model passes to each block (position
 embeddings, causal mask), so no family needs special code. Then each block in turn is read from
@@ -231,11 +231,10 @@ def load_onloaded(spec: str, *, dtype: str = "auto", trust_remote_code: bool = F
     blocks = adapter.blocks(model)
     source.origin = {id(block): f"{adapter.blocks_path}.{index}." for index, block in enumerate(blocks)}
     block_ids = {id(param) for param in blocks.parameters()}
-    head = model.get_output_embeddings()
-    head_ids = {id(param) for param in head.parameters()} if head is not None else set()
     for name, param in list(model.named_parameters()):
-        if id(param) not in block_ids and id(param) not in head_ids:
+        if id(param) not in block_ids and name in weights:
             set_module_tensor_to_device(model, name, device, value=weights.read(name).to(torch_dtype))
+    model.tie_weights()  # a tied LM head is not in the files: share the embedding just read
     tokenizer = load_tokenizer(str(directory), trust_remote_code)
     loaded = LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter,
                          source=spec if spec in ALIASES else str(directory), history=read_history(directory))
