@@ -26,6 +26,8 @@ def child(args: argparse.Namespace) -> dict:
     from layercut.prune import PruneRequest, prune
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     loaded = load_model("smollm2-135m", device="cpu")
     windows = calibration_windows(loaded.tokenizer, args.calib, args.samples, args.seq_len, seed=0)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=65536)
     parser.add_argument("--tasks", default="dense,angular,replaceme-lstsq,replaceme-cosine")
     parser.add_argument("--skip-ppl", action="store_true", help="time and memory only")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:
