@@ -44,11 +44,6 @@ def _outcome(request: Any, removed: list[int], scores: dict[str, Any] | None = N
     return PruneOutcome(request.method, removed, removed, 1, scores=scores or {}, details=details or {})
 
 
-def _check_fits(loaded: LoadedModel, cut: int) -> None:
-    if cut > loaded.num_layers - 1:
-        raise ConfigError(f"--cut {cut} leaves no block before the final one of {loaded.num_layers}; lower --cut")
-
-
 def shortgpt(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
     """ShortGPT: delete the `cut` blocks with the lowest Block Influence on the calibration windows."""
     calibration = calibrate(loaded, windows, request.batch_size, progress=request.progress)
@@ -60,13 +55,11 @@ def shortgpt(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
 
 def drop_last(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
     """Delete the `cut` blocks just before the final one (no calibration)."""
-    _check_fits(loaded, request.cut)
     return _outcome(request, remove_blocks(loaded, last_blocks(loaded.num_layers, request.cut)))
 
 
 def drop_random(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
     """Delete `cut` random blocks (seeded; no calibration)."""
-    _check_fits(loaded, request.cut)
     blocks = random_blocks(loaded.num_layers, request.cut, request.seed)
     return _outcome(request, remove_blocks(loaded, blocks), details={"seed": request.seed})
 

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "layercut.commands.export",
     "layercut.commands.run",
     "layercut.commands.bench",
+    "layercut.commands.compare",
 )
 
 

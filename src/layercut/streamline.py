@@ -5,7 +5,7 @@ scan. One capture pass, stopped after block k+n-1, keeps X_k and X_{k+n} for eve
 token (in memory, or in a memory-mapped temp file above a size threshold). A replacement is then
 trained with MSE to map X_k to X_{k+n}:
 
-- "layer": a copy of block k (the model's own decoder-layer class), called with the keyword
+- "layer": a copy of block k (the model's own decoder-layer class), called with the
   arguments the model itself passed to block k (position embeddings, masks) captured by a hook;
 - "ffn": block k's MLP with its pre-norm, x + MLP(norm(x)). It is exported as block k with a
   zeroed attention output projection, so plain `transformers` loads the result.
@@ -19,7 +19,7 @@ import copy
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from layercut.selection import choose_spans
 from layercut.surgery import remove_blocks
 
 KINDS = ("layer", "ffn")
+FFN_GROUP_STEPS = 16  # FFN steps drawn from one group of windows read from the store
 
 
 @dataclass(frozen=True)
@@ -128,15 +129,25 @@ def capture_span(loaded: LoadedModel, windows: torch.Tensor, start: int, span_le
         row += count
 
 
-def block_call_kwargs(loaded: LoadedModel, window: torch.Tensor, block_index: int) -> dict[str, Any]:
-    """The keyword arguments the model passes to block `block_index` for one window (position
-    embeddings, attention mask...), so a standalone copy of the block can be called the same way.
-    Tensors keep batch size 1 and broadcast over a batch of windows of the same length."""
+@dataclass
+class BlockCall:
+    """The extra positional and keyword arguments a model passes to one of its blocks (after the
+    hidden states): position embeddings, attention masks... Tensors keep batch size 1 and broadcast
+    over a batch of windows of the same length."""
+
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def capture_block_call(loaded: LoadedModel, window: torch.Tensor, block_index: int) -> BlockCall:
+    """How the model calls block `block_index` on one window, so a standalone copy of the block can
+    be called the same way (no per-family knowledge: a forward pre-hook records the call)."""
     block = loaded.adapter.blocks(loaded.model)[block_index]
     seen: dict[str, Any] = {}
 
-    def grab(_module: nn.Module, _args: tuple, kwargs: dict[str, Any]) -> None:
-        seen.update({key: value for key, value in kwargs.items() if key != "hidden_states"})
+    def grab(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        seen["args"] = args[1:]
+        seen["kwargs"] = {key: value for key, value in kwargs.items() if key != "hidden_states"}
 
     handle = block.register_forward_pre_hook(grab, with_kwargs=True)
     try:
@@ -144,10 +155,11 @@ def block_call_kwargs(loaded: LoadedModel, window: torch.Tensor, block_index: in
             pass
     finally:
         handle.remove()
-    for key in ("past_key_value", "past_key_values", "layer_past"):
-        seen.pop(key, None)
-    seen["use_cache"] = False
-    return {key: _outside_inference(value) for key, value in seen.items()}
+    kwargs = {key: _outside_inference(value) for key, value in seen["kwargs"].items()
+              if key not in ("past_key_value", "past_key_values", "layer_past")}
+    if "use_cache" in kwargs:
+        kwargs["use_cache"] = False
+    return BlockCall(args=_outside_inference(seen["args"]), kwargs=kwargs)
 
 
 def _outside_inference(value: Any) -> Any:
@@ -160,7 +172,7 @@ def _outside_inference(value: Any) -> Any:
 
 
 def build_replacement(loaded: LoadedModel, start: int, kind: str) -> nn.Module:
-    """A float32 trainable copy of block `start` ("layer") or of its MLP with its pre-norm ("ffn")."""
+    """A float32 trainable copy of block `start` ("layer") or of its MLP with its pre-norm ("ffn"), dropout off."""
     adapter = loaded.adapter
     block = adapter.blocks(loaded.model)[start]
     if kind == "layer":
@@ -172,13 +184,13 @@ def build_replacement(loaded: LoadedModel, start: int, kind: str) -> nn.Module:
                 "be exported as a plain decoder layer; use --method streamline-layer for this model")
         module = FFNReplacement(copy.deepcopy(get_path(block, adapter.post_attn_norm)),
                                 copy.deepcopy(adapter.mlp_module(block)))
-    return module.float().train()
+    return module.float().eval()  # eval: no dropout while regressing hidden states
 
 
-def apply_replacement(module: nn.Module, inputs: torch.Tensor, kind: str, kwargs: dict[str, Any]) -> torch.Tensor:
-    """Run the replacement on [B, T, d] inputs (the layer kind needs whole windows and the block kwargs)."""
-    if kind == "layer":
-        return first_tensor(module(inputs, **kwargs))
+def apply_replacement(module: nn.Module, inputs: torch.Tensor, call: BlockCall | None) -> torch.Tensor:
+    """Run the replacement on [B, T, d] inputs; a decoder layer (`call` given) is called as the model calls it."""
+    if call is not None:
+        return first_tensor(module(inputs, *call.args, **call.kwargs))
     return module(inputs)
 
 
@@ -187,7 +199,7 @@ def _batches(count: int, per_batch: int, generator: torch.Generator | None) -> l
     return [order[i:i + per_batch] for i in range(0, count, per_batch)]
 
 
-def span_mse(module: nn.Module, store: HiddenStore, window_ids: torch.Tensor, kind: str, kwargs: dict[str, Any],
+def span_mse(module: nn.Module, store: HiddenStore, window_ids: torch.Tensor, call: BlockCall | None,
              windows_per_batch: int, device: torch.device) -> float:
     """Mean squared error of the replacement over the given windows (all their tokens)."""
     total, count = 0.0, 0
@@ -195,7 +207,7 @@ def span_mse(module: nn.Module, store: HiddenStore, window_ids: torch.Tensor, ki
         for pick in _batches(len(window_ids), windows_per_batch, None):
             ids = window_ids[pick]
             inputs, targets = store.inputs[ids].to(device), store.targets[ids].to(device)
-            error = apply_replacement(module, inputs, kind, kwargs) - targets
+            error = apply_replacement(module, inputs, call) - targets
             total += float(error.double().pow(2).sum())
             count += error.numel()
     return total / max(count, 1)
@@ -207,7 +219,7 @@ def identity_mse(store: HiddenStore, window_ids: torch.Tensor) -> float:
     return float(error.pow(2).mean())
 
 
-def train_replacement(module: nn.Module, store: HiddenStore, kind: str, kwargs: dict[str, Any],
+def train_replacement(module: nn.Module, store: HiddenStore, kind: str, call: BlockCall | None,
                       settings: StreamlineSettings, seed: int, device: torch.device,
                       progress: bool = True) -> dict[str, Any]:
     """AdamW on the MSE between the replacement's output and X_{k+n}, early-stopped on held-out windows.
@@ -223,14 +235,14 @@ def train_replacement(module: nn.Module, store: HiddenStore, kind: str, kwargs: 
     windows_per_batch = max(1, settings.train_batch_tokens // seq_len)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=settings.lr)
-    best = span_mse(module, store, held_ids, kind, kwargs, windows_per_batch, device)
+    best = span_mse(module, store, held_ids, call, windows_per_batch, device)
     history = {"identity_heldout_mse": identity_mse(store, held_ids), "initial_heldout_mse": best, "epochs": []}
     best_state = copy.deepcopy(module.state_dict())
     stale = 0
     bar = tqdm(range(settings.epochs), desc=f"streamline {kind}", unit="epoch", disable=not progress)
     for _ in bar:
-        train_loss = _train_epoch(module, optimizer, store, train_ids, kind, kwargs, settings, generator, device)
-        held_mse = span_mse(module, store, held_ids, kind, kwargs, windows_per_batch, device)
+        train_loss = _train_epoch(module, optimizer, store, train_ids, kind, call, settings, generator, device)
+        held_mse = span_mse(module, store, held_ids, call, windows_per_batch, device)
         history["epochs"].append({"train_mse": train_loss, "heldout_mse": held_mse})
         bar.set_postfix(train=f"{train_loss:.4g}", heldout=f"{held_mse:.4g}")
         if held_mse < best:
@@ -245,28 +257,34 @@ def train_replacement(module: nn.Module, store: HiddenStore, kind: str, kwargs: 
 
 
 def _train_epoch(module: nn.Module, optimizer: torch.optim.Optimizer, store: HiddenStore, train_ids: torch.Tensor,
-                 kind: str, kwargs: dict[str, Any], settings: StreamlineSettings, generator: torch.Generator,
+                 kind: str, call: BlockCall | None, settings: StreamlineSettings, generator: torch.Generator,
                  device: torch.device) -> float:
-    """One pass over the training windows (layer) or their tokens (ffn); returns the mean batch loss."""
+    """One pass over the training windows in shuffled order; returns the mean batch loss.
+
+    The layer kind steps on whole windows (attention needs the sequence). The FFN kind reads a
+    group of windows at a time (so a memory-mapped store is never loaded whole) and steps on
+    shuffled token rows of that group.
+    """
     seq_len, dim = store.inputs.shape[1:]
+    windows_per_step = max(1, settings.train_batch_tokens // seq_len)
+    group = windows_per_step if kind == "layer" else windows_per_step * FFN_GROUP_STEPS
     losses = []
-    if kind == "layer":
-        per_batch = max(1, settings.train_batch_tokens // seq_len)
-        for pick in _batches(len(train_ids), per_batch, generator):
-            ids = train_ids[pick]
-            losses.append(_step(module, optimizer, store.inputs[ids], store.targets[ids], kind, kwargs, device))
-        return sum(losses) / len(losses)
-    inputs = store.inputs[train_ids].reshape(-1, dim)
-    targets = store.targets[train_ids].reshape(-1, dim)
-    for pick in _batches(inputs.shape[0], settings.train_batch_tokens, generator):
-        losses.append(_step(module, optimizer, inputs[pick], targets[pick], kind, kwargs, device))
+    for pick in _batches(len(train_ids), group, generator):
+        ids = train_ids[pick]
+        inputs, targets = store.inputs[ids], store.targets[ids]
+        if kind == "layer":
+            losses.append(_step(module, optimizer, inputs, targets, call, device))
+            continue
+        inputs, targets = inputs.reshape(-1, dim), targets.reshape(-1, dim)
+        for rows in _batches(inputs.shape[0], settings.train_batch_tokens, generator):
+            losses.append(_step(module, optimizer, inputs[rows], targets[rows], call, device))
     return sum(losses) / len(losses)
 
 
 def _step(module: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor,
-          kind: str, kwargs: dict[str, Any], device: torch.device) -> float:
+          call: BlockCall | None, device: torch.device) -> float:
     optimizer.zero_grad()
-    loss = nn.functional.mse_loss(apply_replacement(module, inputs.to(device), kind, kwargs), targets.to(device))
+    loss = nn.functional.mse_loss(apply_replacement(module, inputs.to(device), call), targets.to(device))
     loss.backward()
     optimizer.step()
     return float(loss.detach())
@@ -361,11 +379,11 @@ def streamline(loaded: LoadedModel, windows: torch.Tensor, request: Any, kind: s
     start, scores = choose_span(loaded, windows, request)
     train_windows = windows[:settings.train_samples] if settings.train_samples else windows
     module = build_replacement(loaded, start, kind).to(loaded.device)
-    kwargs = block_call_kwargs(loaded, train_windows, start) if kind == "layer" else {}
+    call = capture_block_call(loaded, train_windows, start) if kind == "layer" else None
     dim = loaded.model.config.hidden_size
     with hidden_store(train_windows, dim, settings.memory_gib) as store:
         capture_span(loaded, train_windows, start, span_len, store, request.batch_size, request.progress)
-        history = train_replacement(module, store, kind, kwargs, settings, request.seed, loaded.device,
+        history = train_replacement(module, store, kind, call, settings, request.seed, loaded.device,
                                     request.progress)
         history["streamed_from_disk"] = store.on_disk
     removed = install_replacement(loaded, start, span_len, module, kind)

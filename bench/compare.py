@@ -1,0 +1,51 @@
+"""Benchmark: every depth-pruning method on SmolLM2-135M, cut 8 of 30, in one `layercut compare` run.
+
+Calibration: WikiText-2 validation (pre-tokenised text). Evaluation: WikiText-2 test perplexity on
+a stated token budget and the 6-task zero-shot suite (first --limit items of each task). Writes
+bench/compare.md, bench/compare.json and bench/compare.png; the table lists the time each method took.
+
+    python bench/compare.py --limit 25 --max-tokens 8192
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from layercut.cli import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+HERE = Path(__file__).resolve().parent
+METHODS = "angular,shortgpt,last,random,replaceme-lstsq,replaceme-cosine,streamline-ffn,streamline-layer"
+TASKS = "piqa,arc_easy,arc_challenge,boolq,winogrande,hellaswag"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cut", type=int, default=8)
+    parser.add_argument("--methods", default=METHODS)
+    parser.add_argument("--samples", type=int, default=32, help="calibration windows of --seq-len tokens")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=8192, help="WikiText-2 test tokens for perplexity")
+    parser.add_argument("--limit", type=int, default=25, help="items per zero-shot task")
+    parser.add_argument("--epochs", type=int, default=5, help="LLM-Streamline training epochs")
+    parser.add_argument("--train-batch-tokens", type=int, default=256, help="LLM-Streamline tokens per step")
+    return parser.parse_args()
+
+
+def main_bench() -> int:
+    args = parse_args()
+    return main(["compare", "--model", "smollm2-135m", "--device", "cpu", "--cut", str(args.cut),
+                 "--methods", args.methods,
+                 "--calib", str(SHARED / "text" / "wikitext2_valid_tokenized.txt"), "--samples", str(args.samples),
+                 "--seq-len", str(args.seq_len),
+                 "--ppl", str(SHARED / "text" / "wikitext2_raw_test.txt"), "--max-tokens", str(args.max_tokens),
+                 "--eval-seq-len", "512", "--tasks", TASKS, "--tasks-dir", str(SHARED / "tasks"),
+                 "--limit", str(args.limit), "--epochs", str(args.epochs),
+                 "--train-batch-tokens", str(args.train_batch_tokens),
+                 "--report", str(HERE / "compare.md"), "--json", str(HERE / "compare.json"),
+                 "--plot", str(HERE / "compare.png"), "--overwrite", "--no-progress"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_bench())

@@ -1,0 +1,135 @@
+"""LLM-Streamline: training lowers the span error, both replacement kinds export as plain checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import random_windows, tiny_loaded
+from layercut.export import save_checkpoint
+from layercut.prune import PruneRequest, prune
+from layercut.streamline import (StreamlineSettings, apply_replacement, capture_block_call, build_replacement,
+                                 hidden_store, install_replacement)
+
+
+def _request(method: str, **extra) -> PruneRequest:
+    return PruneRequest(method=method, cut=3, select="cosine", progress=False, extra={"epochs": 3, **extra})
+
+
+def _perturb(module: torch.nn.Module, seed: int = 1) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+
+
+def test_trained_ffn_beats_identity_on_heldout_tokens():
+    loaded = tiny_loaded("llama")
+    outcome = prune(loaded, random_windows(20, 16), _request("streamline-ffn", epochs=6, lr=2e-3))
+    record = outcome.details["streamline"]
+    assert record["heldout_windows"] == 2
+    assert record["best_heldout_mse"] < record["identity_heldout_mse"]
+    assert record["best_heldout_mse"] <= record["initial_heldout_mse"]
+    assert loaded.num_layers == 4 and outcome.removed == [k + 1 for k in outcome.span_starts] + \
+        [k + 2 for k in outcome.span_starts]
+
+
+def test_exported_zero_attention_block_equals_ffn(family):
+    loaded = tiny_loaded(family)
+    windows = random_windows(2, 12)
+    module = build_replacement(loaded, 2, "ffn")
+    _perturb(module)
+    call = capture_block_call(loaded, windows, 2)
+    install_replacement(loaded, 2, 3, module, "ffn")
+    block = loaded.adapter.blocks(loaded.model)[2]
+    hidden = torch.randn(1, 12, loaded.model.config.hidden_size)
+    with torch.no_grad():
+        expected = module(hidden)
+        got = block(hidden, *call.args, **call.kwargs)
+    got = got[0] if isinstance(got, tuple) else got
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_installed_layer_is_called_like_in_training(family):
+    """The layer kind is trained with the kwargs the model passes to the block; inside the pruned
+    model it must compute the same function of its input."""
+    loaded = tiny_loaded(family)
+    windows = random_windows(2, 12)
+    module = build_replacement(loaded, 1, "layer")
+    _perturb(module)
+    call = capture_block_call(loaded, windows, 1)
+    install_replacement(loaded, 1, 3, module, "layer")
+    seen = {}
+    blocks = loaded.adapter.blocks(loaded.model)
+    hooks = [blocks[1].register_forward_pre_hook(lambda m, a, k: seen.update(x=(a[0] if a else k["hidden_states"])),
+                                                 with_kwargs=True),
+             blocks[1].register_forward_hook(lambda m, a, out: seen.update(y=out[0] if isinstance(out, tuple) else out))]
+    with torch.no_grad():
+        loaded.model(input_ids=windows[:1], use_cache=False)
+        expected = apply_replacement(module, seen["x"], call)
+    for hook in hooks:
+        hook.remove()
+    torch.testing.assert_close(seen["y"], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["streamline-ffn", "streamline-layer"])
+def test_reload_with_plain_transformers_gives_same_logits(tmp_path, method):
+    from transformers import AutoModelForCausalLM
+
+    loaded = tiny_loaded("qwen2")
+    windows = random_windows(10, 16)
+    prune(loaded, windows, _request(method, epochs=1))
+    out = save_checkpoint(loaded, tmp_path / "out", {"command": "prune", "method": method})
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
+    assert reloaded.config.num_hidden_layers == 4
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(windows[:2]).logits, loaded.model(windows[:2]).logits,
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_same_seed_same_model_and_disk_store_matches_memory():
+    windows = random_windows(10, 16)
+    states = []
+    for memory_gib in (2.0, 0.0):
+        loaded = tiny_loaded("llama")
+        outcome = prune(loaded, windows, _request("streamline-layer", epochs=2, memory_gib=memory_gib))
+        assert outcome.details["streamline"]["streamed_from_disk"] is (memory_gib == 0.0)
+        states.append(loaded.model.state_dict())
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value, rtol=0, atol=0)
+
+
+def test_hidden_store_goes_to_disk_above_budget():
+    windows = random_windows(4, 8)
+    with hidden_store(windows, 64, memory_gib=0.0) as store:
+        store.inputs[1] = 3.0
+        assert store.on_disk and float(store.inputs[1].mean()) == 3.0
+    with hidden_store(windows, 64, memory_gib=1.0) as store:
+        assert not store.on_disk and store.inputs.shape == (4, 8, 64)
+
+
+def test_lm_loss_stage_trains_only_the_replacement():
+    loaded = tiny_loaded("llama")
+    before = {name: value.clone() for name, value in loaded.model.state_dict().items()}
+    outcome = prune(loaded, random_windows(8, 16), _request("streamline-ffn", epochs=1, lm_loss_steps=2))
+    record = outcome.details["streamline"]
+    assert len(record["lm_loss"]) == 2
+    start = outcome.span_starts[0]
+    assert torch.equal(loaded.model.model.embed_tokens.weight, before["model.embed_tokens.weight"])
+    assert float(loaded.adapter.attn_out_proj(loaded.adapter.blocks(loaded.model)[start]).weight.detach().abs().sum()) == 0.0
+
+
+def test_settings_from_extra_validate():
+    assert StreamlineSettings.from_extra({"epochs": "2", "lr": "1e-3"}).epochs == 2
+    from layercut.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--epochs"):
+        StreamlineSettings.from_extra({"epochs": 0})
+
+
+def test_ffn_refused_where_mlp_output_is_normalised():
+    from layercut.errors import UnsupportedArchitectureError
+
+    loaded = tiny_loaded("gemma2")
+    with pytest.raises(UnsupportedArchitectureError, match="streamline-layer"):
+        build_replacement(loaded, 1, "ffn")
