@@ -63,7 +63,8 @@ def test_installed_layer_is_called_like_in_training(family):
     blocks = loaded.adapter.blocks(loaded.model)
     hooks = [blocks[1].register_forward_pre_hook(lambda m, a, k: seen.update(x=(a[0] if a else k["hidden_states"])),
                                                  with_kwargs=True),
-             blocks[1].register_forward_hook(lambda m, a, out: seen.update(y=out[0] if isinstance(out, tuple) else out))]
+             blocks[1].register_forward_hook(lambda m, a, out: seen.update(y=out[0] if isinstance(out, tuple)
+                                                                           else out))]
     with torch.no_grad():
         loaded.model(input_ids=windows[:1], use_cache=False)
         expected = apply_replacement(module, seen["x"], call)
@@ -116,7 +117,8 @@ def test_lm_loss_stage_trains_only_the_replacement():
     assert len(record["lm_loss"]) == 2
     start = outcome.span_starts[0]
     assert torch.equal(loaded.model.model.embed_tokens.weight, before["model.embed_tokens.weight"])
-    assert float(loaded.adapter.attn_out_proj(loaded.adapter.blocks(loaded.model)[start]).weight.detach().abs().sum()) == 0.0
+    out_proj = loaded.adapter.attn_out_proj(loaded.adapter.blocks(loaded.model)[start])
+    assert float(out_proj.weight.detach().abs().sum()) == 0.0
 
 
 def test_settings_from_extra_validate():

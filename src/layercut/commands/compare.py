@@ -55,7 +55,8 @@ def parse_methods(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in METHODS]
     if unknown or not names:
-        raise ConfigError(f"unknown --methods {', '.join(unknown) or '(none)'}; choose among {', '.join(sorted(METHODS))}")
+        raise ConfigError(f"unknown --methods {', '.join(unknown) or '(none)'}; "
+                          f"choose among {', '.join(sorted(METHODS))}")
     if len(set(names)) != len(names):
         raise ConfigError("--methods names a method twice; list each once")
     return names
