@@ -86,10 +86,13 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     model, baseline = report["model"], report["baseline"]
     comparison = report["comparison"]
     has_base = baseline is not None
-    header = ["", "dense", "pruned", "retention", "stability"] if has_base else ["", "score"]
+    has_stability = has_base and any(r["stability"] is not None for r in comparison["tasks"])
+    header = ["", "dense", "pruned", "retention" if comparison["tasks"] else "ratio"] if has_base else ["", "value"]
+    header += ["stability"] if has_stability else []
 
     def row(label: str, base_value: str, value: str, change: str = "", stable: str = "") -> list[str]:
-        return [label, base_value, value, change, stable] if has_base else [label, value]
+        cells = [label, base_value, value, change] if has_base else [label, value]
+        return cells + [stable] if has_stability else cells
 
     rows = [row(f"{r['task']} ({r['metric']})", _pct(r["baseline"]), _pct(r["model"]),
                 f"{_pct(r['retention'])}%" if r["retention"] is not None else "", _num(r["stability"], 3))
