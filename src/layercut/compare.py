@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import gc
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +23,7 @@ from layercut.evaluation.report import compare as compare_tasks
 from layercut.evaluation.report import ratio, render_table
 from layercut.evaluation.suite import ModelEvaluation, PerplexitySettings, evaluate_model
 from layercut.evaluation.tasks import Task
+from layercut.export import save_figure_atomic
 from layercut.loading import LoadedModel
 from layercut.prune import PruneRequest, prune
 
@@ -186,10 +186,4 @@ def plot_compare(report: dict[str, Any], path: str | Path) -> Path:
         for tick in ax.get_xticklabels():
             tick.set_horizontalalignment("right")
     figure.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}.png")
-    figure.savefig(staging, dpi=110)
-    plt.close(figure)
-    os.replace(staging, target)
-    return target
+    return save_figure_atomic(figure, path)

@@ -57,6 +57,20 @@ def write_text_atomic(path: str | Path, text: str, overwrite: bool = True) -> Pa
     return target
 
 
+def save_figure_atomic(figure: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG through a temporary file and a rename, then close it."""
+    import matplotlib.pyplot as plt
+
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
+    os.close(handle)
+    figure.savefig(tmp, dpi=dpi)
+    plt.close(figure)
+    os.replace(tmp, target)
+    return target
+
+
 def count_parameters(model: nn.Module) -> int:
     """Unique parameters (tied embeddings counted once)."""
     seen: set[int] = set()

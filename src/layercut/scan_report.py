@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from layercut.export import save_figure_atomic
 from layercut.scores import SPAN_SCORES, ScanStats, redundancy
 
 
@@ -63,7 +62,6 @@ def plot_scan(stats: ScanStats, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    target = Path(path)
     figure, axes = plt.subplots(1, 3, figsize=(17, 5))
     for axis, (title, matrix) in zip(axes[:2], (("angular distance (lower = more redundant)", stats.span_angular()),
                                                  ("span cosine similarity (higher = more redundant)",
@@ -80,10 +78,4 @@ def plot_scan(stats: ScanStats, path: str | Path) -> Path:
     axes[2].set_title("per-block influence (ShortGPT)")
     figure.suptitle(f"layercut scan: {int(stats.tokens)} calibration tokens")
     figure.tight_layout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    os.close(handle)
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    os.replace(tmp, target)
-    return target
+    return save_figure_atomic(figure, path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from layercut.evaluation.stability import choice_probabilities, stability
 from layercut.evaluation.suite import ModelEvaluation
 from layercut.evaluation.tasks import CHOICE
 from layercut.evaluation.zeroshot import TaskResult
+from layercut.export import save_figure_atomic
 
 
 def ratio(value: float | None, reference: float | None) -> float | None:
@@ -207,10 +207,4 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
         ax.bar(names[-len(values):], values, color=["C0", "C1"][-len(values):])
         ax.set_ylabel("perplexity")
     figure.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}.png")
-    figure.savefig(staging, dpi=110)
-    plt.close(figure)
-    os.replace(staging, target)
-    return target
+    return save_figure_atomic(figure, path)
