@@ -69,7 +69,8 @@ class ScanStats:
         last = last_token_index(mask).to(hidden[0].device)
         batch_rows = torch.arange(mask.shape[0], device=hidden[0].device)
         last_rows = [h[batch_rows, last] for h in hidden]
-        norms = torch.stack([r.double().norm(dim=-1) for r in rows])           # [L+1, N]
+        # Per-token norms in float32 (no float64 copy of every hidden state), summed in float64.
+        norms = torch.stack([r.float().norm(dim=-1) for r in rows]).double()   # [L+1, N]
         self.norm_sum += norms.sum(1).cpu()
         self.norm_max = torch.maximum(self.norm_max, norms.max(1).values.cpu())
         for start in range(0, rows[0].shape[0], chunk):
