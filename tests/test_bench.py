@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import tiny_loaded
 from layercut.cli import main
-from layercut.speed import bench_models, compute_profile, greedy_run, ideal_speedups, synthetic_prompts
+from layercut.speed import (bench_models, compute_profile, greedy_run, ideal_speedups, last_logits_only,
+                            synthetic_prompts)
 from layercut.sublayers import zero_sublayers
 from layercut.surgery import remove_blocks
 
@@ -53,3 +55,28 @@ def test_bench_cli_writes_json_and_report(tmp_path, tiny_dir, capsys):
     record = json.loads(out.read_text())
     assert len(record["runs"]) == 4 and "| model |" in report.read_text()
     assert main(["bench", "--model", str(tiny_dir), "--batch", "one"]) == 2
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_prefill_keeps_only_the_last_logits(family):
+    """The prefill's reduced LM head gives the same last-position logits as the full forward."""
+    loaded = tiny_loaded(family)
+    prompts = synthetic_prompts(int(loaded.model.config.vocab_size), 2, 10)
+    with torch.no_grad():
+        full = loaded.model(input_ids=prompts).logits
+        kept = loaded.model(input_ids=prompts, **last_logits_only(loaded.model)).logits
+    assert last_logits_only(loaded.model) == {"logits_to_keep": 1}
+    assert kept.shape[1] == 1
+    torch.testing.assert_close(kept[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_prefill_flops_count_the_head_once_per_prompt():
+    """Prefill FLOPs per token = 2 * (block weights + head / prompt) + attention; decode counts the head fully."""
+    loaded = tiny_loaded("llama")
+    profile = compute_profile(loaded, 32, 8)
+    head = loaded.model.lm_head.weight.numel()
+    blocks = sum(m.weight.numel() for m in loaded.model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    width = loaded.model.model.layers[0].self_attn.o_proj.weight.shape[1]
+    layers = len(loaded.model.model.layers)
+    assert profile["prefill_flops_per_token"] == pytest.approx(2 * (blocks + head / 32) + 4 * 16 * width * layers)
+    assert profile["decode_flops_per_token"] == pytest.approx(2 * (blocks + head) + 4 * 36 * width * layers)

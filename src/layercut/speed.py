@@ -2,7 +2,8 @@
 
 A run feeds a fixed batch of synthetic prompts through the model, then decodes greedily with the
 KV cache for a fixed number of tokens (no early stop), timing:
-- time to first token (TTFT): the prompt's forward pass with the LM head and the first argmax;
+- time to first token (TTFT): the prompt's forward pass and the first argmax; as in `generate`, the
+  LM head runs at the last prompt position only (`logits_to_keep=1`) where the model accepts it;
   prefill tokens/s = prompt tokens / TTFT;
 - decode tokens/s: the remaining gen_len - 1 single-token steps;
 - peak memory above the level before the run (peak RSS on CPU, reset through /proc/self/clear_refs
@@ -13,6 +14,7 @@ drifts over both alike. The ideal speed-up counts layers, parameters and forward
 
 from __future__ import annotations
 
+import inspect
 import resource
 import statistics
 import time
@@ -101,6 +103,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def last_logits_only(model: nn.Module) -> dict[str, int]:
+    """Forward keyword that limits the LM head to the last position, if the model's forward has one.
+
+    Generation needs only the last prompt position's logits; the full [batch, prompt, vocab] tensor
+    would dominate prefill memory and time for a small model with a large vocabulary."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 def greedy_run(model: nn.Module, prompts: torch.Tensor, gen_len: int) -> RunTiming:
     """Prefill `prompts`, then decode `gen_len` tokens greedily with the KV cache; timings of one run."""
     device = next(model.parameters()).device
@@ -109,7 +119,7 @@ def greedy_run(model: nn.Module, prompts: torch.Tensor, gen_len: int) -> RunTimi
     with torch.inference_mode(), PeakMemory(device) as memory:
         _sync(device)
         began = time.perf_counter()
-        output = model(input_ids=prompts, use_cache=True)
+        output = model(input_ids=prompts, use_cache=True, **last_logits_only(model))
         next_token = output.logits[:, -1].argmax(-1, keepdim=True)
         _sync(device)
         first = time.perf_counter()
@@ -136,10 +146,15 @@ def summarize(runs: list[RunTiming]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def matmul_parameters(loaded: LoadedModel) -> int:
-    """Weights of the linear layers a token passes through (blocks and LM head), leaving out the
-    attention or MLP halves whose output projection is zero (they do nothing, so ideally cost nothing)."""
-    total = weight_out_in(loaded.model.get_output_embeddings()).numel()
+def head_parameters(loaded: LoadedModel) -> int:
+    """Weights of the LM head (the vocabulary projection)."""
+    return weight_out_in(loaded.model.get_output_embeddings()).numel()
+
+
+def block_matmul_parameters(loaded: LoadedModel) -> int:
+    """Weights of the blocks' linear layers a token passes through, leaving out the attention or MLP
+    halves whose output projection is zero (they do nothing, so ideally cost nothing)."""
+    total = 0
     blocks = loaded.adapter.blocks(loaded.model)
     removed = {part: set(removed_sublayers(loaded, part)) for part in SUBLAYER_PARTS}
     for index, block in enumerate(blocks):
@@ -152,19 +167,22 @@ def matmul_parameters(loaded: LoadedModel) -> int:
     return total
 
 
-def forward_flops_per_token(loaded: LoadedModel, context: float) -> float:
-    """About 2 FLOPs per matmul weight plus 4 * context * attention width per attending block."""
+def forward_flops_per_token(loaded: LoadedModel, context: float, head_share: float = 1.0) -> float:
+    """About 2 FLOPs per matmul weight plus 4 * context * attention width per attending block; the LM
+    head counts `head_share` times (1 in decode, 1 / prompt length in prefill, where only the last
+    position needs logits)."""
     blocks = loaded.adapter.blocks(loaded.model)
     attending = [b for i, b in enumerate(blocks) if i not in set(removed_sublayers(loaded, "attn"))]
     attention = sum(4.0 * context * weight_out_in(output_projection(loaded, b, "attn")).shape[1] for b in attending)
-    return 2.0 * matmul_parameters(loaded) + attention
+    return 2.0 * (block_matmul_parameters(loaded) + head_share * head_parameters(loaded)) + attention
 
 
 def compute_profile(loaded: LoadedModel, prompt_len: int, gen_len: int) -> dict[str, float]:
     """What the ideal speed-up is computed from: layers, parameters, FLOPs per prefill/decode token."""
+    prefill_head_share = 1.0 / prompt_len if last_logits_only(loaded.model) else 1.0
     return {"layers": loaded.num_layers, "parameters": count_parameters(loaded.model),
             "active_sublayers": 2 * loaded.num_layers - sum(len(removed_sublayers(loaded, p)) for p in SUBLAYER_PARTS),
-            "prefill_flops_per_token": forward_flops_per_token(loaded, prompt_len / 2),
+            "prefill_flops_per_token": forward_flops_per_token(loaded, prompt_len / 2, prefill_head_share),
             "decode_flops_per_token": forward_flops_per_token(loaded, prompt_len + gen_len / 2)}
 
 

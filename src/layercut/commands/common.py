@@ -9,6 +9,9 @@ import numpy as np
 import torch
 
 from layercut.data import calibration_windows
+from layercut.errors import ConfigError
+from layercut.evaluation.suite import PerplexitySettings
+from layercut.evaluation.tasks import Task, load_task
 from layercut.loading import LoadedModel, load_model
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -33,6 +36,50 @@ def add_calib_args(parser: argparse.ArgumentParser, required: bool = False) -> N
     parser.add_argument("--samples", type=int, default=64, help="number of calibration windows")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+
+
+def add_eval_args(parser: argparse.ArgumentParser, window_flag: str = "--seq-len", batch_flag: str = "--batch-size",
+                  text_field_flag: str = "--text-field") -> None:
+    """The evaluation flags of `layercut eval`. `compare` also calibrates, so it names the three flags
+    its calibration already uses differently; the values land in the same attributes either way."""
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--ppl", help="text for perplexity: .txt, .jsonl, builtin:pydoc-eval or hf:NAME[:CONFIG][:SPLIT]")
+    group.add_argument(text_field_flag, dest="ppl_text_field", default="text", metavar="FIELD",
+                       help="JSONL / dataset field holding the --ppl text")
+    group.add_argument("--max-tokens", type=int, help="cap the perplexity text at this many tokens (whole windows)")
+    group.add_argument(window_flag, dest="ppl_seq_len", type=int, metavar="TOKENS",
+                       help="perplexity window length (default: model length, at most 2048)")
+    group.add_argument("--ppl-batch-size", type=int, default=1, help="perplexity windows per forward pass")
+    group.add_argument("--tasks", help="comma-separated task names, .jsonl paths or hf: datasets")
+    group.add_argument("--tasks-dir", help="folder holding the task files of registered task names")
+    group.add_argument("--limit", type=int, help="evaluate only the first N items of each task")
+    group.add_argument("--num-fewshot", type=int, default=0, help="solved examples before each question")
+    group.add_argument(batch_flag, dest="task_batch_size", type=int, default=16, metavar="N",
+                       help="packed questions per forward pass")
+
+
+def check_eval_args(args: argparse.Namespace, batch_flag: str = "--batch-size") -> None:
+    """Refuse an evaluation with nothing to measure or with empty batches."""
+    if not args.ppl and not args.tasks:
+        raise ConfigError("nothing to evaluate; pass --ppl TEXT and/or --tasks piqa,arc_easy,... (with --tasks-dir)")
+    for value, flag in ((args.task_batch_size, batch_flag), (args.ppl_batch_size, "--ppl-batch-size")):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1")
+
+
+def tasks_from_args(args: argparse.Namespace) -> list[Task]:
+    """Every requested task, read and checked before any model is loaded."""
+    names = [name.strip() for name in (args.tasks or "").split(",") if name.strip()]
+    if len(set(names)) != len(names):
+        raise ConfigError("--tasks names a task twice; list each once")
+    return [load_task(name, args.tasks_dir, args.limit, args.num_fewshot) for name in names]
+
+
+def ppl_from_args(args: argparse.Namespace) -> PerplexitySettings | None:
+    """The perplexity settings, or None without --ppl."""
+    if not args.ppl:
+        return None
+    return PerplexitySettings(args.ppl, args.ppl_seq_len, args.max_tokens, args.ppl_batch_size, args.ppl_text_field)
 
 
 def add_output_args(parser: argparse.ArgumentParser, required: bool = True) -> None:

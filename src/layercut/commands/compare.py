@@ -7,13 +7,12 @@ import json
 import os
 from pathlib import Path
 
-from layercut.commands.common import add_calib_args, add_model_args, calib_description, calib_from_args, load_from_args
-from layercut.commands.eval import load_tasks
+from layercut.commands.common import (add_calib_args, add_eval_args, add_model_args, calib_description, calib_from_args,
+                                      check_eval_args, load_from_args, ppl_from_args, tasks_from_args)
 from layercut.commands.method_args import add_method_args, method_extra, select_for
 from layercut.compare import compare_methods, plot_compare, render_markdown, table
 from layercut.errors import ConfigError
 from layercut.evaluation.report import render_table
-from layercut.evaluation.suite import PerplexitySettings
 from layercut.export import ensure_output_free, write_text_atomic
 from layercut.prune import METHODS, PruneRequest
 
@@ -30,16 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"comma-separated methods among {', '.join(sorted(METHODS))} (default: %(default)s)")
     parser.add_argument("--min-start", type=int, help="earliest block a cut may start at")
     parser.add_argument("--select", default=None, help="span score for span methods (default: each method's own)")
-    evaluation = parser.add_argument_group("evaluation (as `layercut eval`)")
-    evaluation.add_argument("--ppl", help="text for perplexity: .txt, .jsonl, builtin:pydoc-eval or hf:...")
-    evaluation.add_argument("--max-tokens", type=int, help="cap the perplexity text at this many tokens")
-    evaluation.add_argument("--eval-seq-len", type=int, help="perplexity window length (default: model length)")
-    evaluation.add_argument("--ppl-batch-size", type=int, default=1, help="perplexity windows per forward pass")
-    evaluation.add_argument("--tasks", help="comma-separated task names, .jsonl paths or hf: datasets")
-    evaluation.add_argument("--tasks-dir", help="folder holding the task files of registered task names")
-    evaluation.add_argument("--limit", type=int, help="evaluate only the first N items of each task")
-    evaluation.add_argument("--num-fewshot", type=int, default=0, help="solved examples before each question")
-    evaluation.add_argument("--eval-batch-size", type=int, default=16, help="packed questions per forward pass")
+    add_eval_args(parser, window_flag="--eval-seq-len", batch_flag="--eval-batch-size",
+                  text_field_flag="--ppl-text-field")
     output = parser.add_argument_group("output")
     output.add_argument("--report", help="markdown table here (a PNG chart is drawn next to it unless --plot)")
     output.add_argument("--json", help="every result as JSON here")
@@ -70,22 +61,21 @@ def requests_from_args(args: argparse.Namespace, methods: list[str]) -> list[Pru
 
 def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
-    if not args.ppl and not args.tasks:
-        raise ConfigError("nothing to measure; pass --ppl TEXT and/or --tasks piqa,arc_easy,... (with --tasks-dir)")
+    check_eval_args(args, batch_flag="--eval-batch-size")
     if args.report and not args.plot:
         args.plot = str(Path(args.report).with_suffix(".png"))
     for path in (args.json, args.report, args.plot):
         if path:
             ensure_output_free(path, args.overwrite)
-    tasks = load_tasks(args)
+    tasks = tasks_from_args(args)
     dense = load_from_args(args)
     windows = calib_from_args(args, dense)
-    ppl = PerplexitySettings(args.ppl, args.eval_seq_len, args.max_tokens, args.ppl_batch_size) if args.ppl else None
+    ppl = ppl_from_args(args)
     settings = {"model": args.model, "cut": args.cut, "methods": methods, "calibration": calib_description(args),
                 "ppl": args.ppl, "max_tokens": args.max_tokens, "tasks": [task.name for task in tasks],
                 "limit": args.limit, "num_fewshot": args.num_fewshot, "device": str(dense.device),
                 "dtype": str(next(dense.model.parameters()).dtype)}
-    report = compare_methods(dense, windows, requests_from_args(args, methods), tasks, ppl, args.eval_batch_size,
+    report = compare_methods(dense, windows, requests_from_args(args, methods), tasks, ppl, args.task_batch_size,
                              settings, progress=not args.no_progress)
     if args.plot:
         plot_compare(report, args.plot)
