@@ -135,3 +135,15 @@ def test_ffn_refused_where_mlp_output_is_normalised():
     loaded = tiny_loaded("gemma2")
     with pytest.raises(UnsupportedArchitectureError, match="streamline-layer"):
         build_replacement(loaded, 1, "ffn")
+
+
+@pytest.mark.parametrize("method,module", [("streamline-ffn", "FFN"), ("streamline-layer", "decoder layer")])
+def test_summary_names_the_replaced_span(method, module):
+    """The one-line summary counts the replaced block too: cut n replaces n blocks, removes n - 1."""
+    from layercut.commands.prune import describe_removal
+
+    loaded = tiny_loaded("llama")
+    outcome = prune(loaded, random_windows(10, 16), _request(method, epochs=1))
+    start = outcome.span_starts[0]
+    assert describe_removal(outcome, "block") == (
+        f"replaced blocks {start}-{start + 2} by one trained {module} (removed blocks {[start + 1, start + 2]})")

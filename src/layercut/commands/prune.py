@@ -14,7 +14,7 @@ from layercut.heal import build_config, heal, heal_step_record
 from layercut.laco import LacoSettings
 from layercut.loading import LoadedModel
 from layercut.onload import OFFLOAD_CHOICES, check_offload_supported, load_onloaded, materialize
-from layercut.prune import METHODS, PruneRequest, prune
+from layercut.prune import METHODS, PruneOutcome, PruneRequest, prune
 from layercut.sublayers import GRANULARITIES
 
 
@@ -109,6 +109,17 @@ def heal_after_prune(loaded: LoadedModel, args: argparse.Namespace) -> dict:
     return heal_step_record(config, result)
 
 
+def describe_removal(outcome: PruneOutcome, granularity: str) -> str:
+    """One line on what was cut, in the dense model's block numbers."""
+    if granularity != "block":
+        return f"removed the {granularity} sublayers of blocks {outcome.span_starts}"
+    replaced = outcome.details.get("streamline", {}).get("replaced_blocks")
+    if replaced:
+        module = {"layer": "decoder layer", "ffn": "FFN"}.get(outcome.details["streamline"]["kind"], "module")
+        return f"replaced blocks {replaced[0]}-{replaced[-1]} by one trained {module} (removed blocks {outcome.removed})"
+    return f"removed blocks {outcome.removed}"
+
+
 def run(args: argparse.Namespace) -> int:
     ensure_output_free(args.out, args.overwrite)
     loaded = load_for_prune(args)
@@ -121,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
               "params_after": count_parameters(loaded.model), "seconds": round(outcome.seconds, 2),
               "selected_by": outcome.scores.get("select"), "chosen_spans": outcome.scores.get("chosen"),
               **outcome.details}
-    removed_what = f"removed blocks {outcome.removed}" if args.granularity == "block" else \
-        f"removed the {args.granularity} sublayers of blocks {outcome.span_starts}"
+    removed_what = describe_removal(outcome, args.granularity)
     step = {"command": "prune", "method": args.method, "summary": f"{removed_what} of {layers_before}",
             "params": request.to_dict(), "calibration": calib_description(args), "result": result,
             "scores": outcome.scores}
