@@ -168,3 +168,14 @@ def test_weighted_lstsq_equals_weighted_direct_solution():
     expected = torch.linalg.lstsq(mlp_out * root, (span_out - attn_out) * root).solution
     transform = solve_lstsq(stats.gram, stats.cross)
     assert torch.allclose(transform, expected, atol=1e-6 * float(expected.abs().max()), rtol=1e-5)
+
+
+def test_request_record_holds_only_the_settings_the_method_uses():
+    """The model card lists ReplaceMe's fit settings for ReplaceMe only, the cosine ones for cosine only."""
+    cosine = PruneRequest(method="replaceme-cosine", cut=2).to_dict()
+    lstsq = PruneRequest(method="replaceme-lstsq", cut=2).to_dict()
+    drop = PruneRequest(method="streamline-ffn", cut=2).to_dict()
+    assert cosine["cosine_epochs"] == 10 and cosine["alpha"] == 0.0 and "progress" not in cosine
+    assert "cosine_epochs" not in lstsq and lstsq["fit_weighting"] == "none"
+    assert not any(key.startswith(("cosine_", "fit_")) or key == "alpha" for key in drop)
+    assert drop["method"] == "streamline-ffn" and drop["cut"] == 2

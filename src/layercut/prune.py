@@ -56,7 +56,13 @@ class PruneRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "progress"}
+        """The settings for the model card: the ReplaceMe fit settings only for the methods that fit."""
+        unused = {"progress"}
+        if not self.method.startswith("replaceme-"):
+            unused |= {"alpha", "fit_weighting", "fit_memory_budget"}
+        if self.method != "replaceme-cosine":
+            unused |= {name for name in asdict(self) if name.startswith("cosine_")}
+        return {k: v for k, v in asdict(self).items() if k not in unused}
 
 
 @dataclass
