@@ -78,12 +78,12 @@ def main() -> None:
         ours_s, ours = run_layercut(args, out, env)
         print(f"layercut: {ours_s[0]:.1f} s wall, {ours_s[1]:.1f} s CPU", flush=True)
         theirs_s, theirs = run_lm_eval(args, out, env)
-    print(f"| task | layercut acc | lm_eval acc | layercut acc_norm | lm_eval acc_norm |")
+    print("| task | layercut acc | lm_eval acc | layercut acc_norm | lm_eval acc_norm |")
     print("|---|---:|---:|---:|---:|")
     for name in args.tasks.split(","):
         print(f"| {name} | {100 * ours[name]['acc']:.1f} | {100 * theirs[name]['acc']:.1f} | "
               f"{100 * ours[name]['acc_norm']:.1f} | {100 * theirs[name]['acc_norm']:.1f} |")
-    print(f"\n| | layercut | lm_eval | lm_eval / layercut |\n|---|---:|---:|---:|")
+    print("\n| | layercut | lm_eval | lm_eval / layercut |\n|---|---:|---:|---:|")
     for index, label in enumerate(("wall time (s)", "CPU time (s)")):
         print(f"| {label} | {ours_s[index]:.1f} | {theirs_s[index]:.1f} | {theirs_s[index] / ours_s[index]:.2f}x |")
     print(f"\nlimit {args.limit}, batch {args.batch_size}, {args.threads} thread(s), tasks {args.tasks}")

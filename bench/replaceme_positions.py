@@ -34,7 +34,7 @@ def main() -> None:
     print("massive ratio per X_k:", [round(float(r), 1) for r in scan.massive_ratio()])
     print("massive-activation creators:", scan.massive_creators())
     base = text_perplexity(dense, args.ppl, seq_len=256, max_tokens=args.max_tokens, progress=False).perplexity
-    print(f"| start (blocks) | angular drop ppl | ReplaceMe LS ppl | LS / drop |\n|---|---|---|---|")
+    print("| start (blocks) | angular drop ppl | ReplaceMe LS ppl | LS / drop |\n|---|---|---|---|")
     print(f"| dense | {base:.1f} | {base:.1f} | 1.00 |")
     for start in [int(s) for s in args.starts.split(",")]:
         ppl = {}
