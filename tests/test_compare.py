@@ -46,6 +46,11 @@ def test_compare_table_has_every_method_and_leaves_dense_untouched(tmp_path, tex
     header, rows = table(report)
     assert [row[0] for row in rows] == ["dense", *METHODS]
     assert "retention (%)" in header and "prune time (s)" in header
+    column = header.index("stability")
+    assert rows[0][column] == "1.000"
+    for entry, row in zip(report["methods"], rows[1:]):
+        value = entry["comparison"]["mean"]["stability"]
+        assert 0.0 <= value <= 1.0 and row[column] == f"{value:.3f}"
     layers = {row[0]: row[2] for row in rows}
     assert layers["angular"] == "4" and layers["streamline-ffn"] == "5"
     assert all(entry["error"] is None and entry["prune_seconds"] >= 0 for entry in report["methods"])

@@ -92,18 +92,22 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.1f}"
 
 
+def _stability(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
 def _ppl(value: float | None) -> str:
     return "" if value is None else f"{value:,.2f}"
 
 
 def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: dense first, then one row per method (scores in %, retention vs dense)."""
+    """Header and rows: dense first, then one row per method (scores in %, retention and stability vs dense)."""
     dense = report["dense"]
     task_names = list(dense["tasks"])
     header = ["method", "removed blocks", "layers", "params", "ppl", "ppl x dense",
               *[f"{name} (%)" for name in task_names]]
     if task_names:
-        header += ["mean (%)", "retention (%)"]
+        header += ["mean (%)", "retention (%)", "stability"]
     header.append("prune time (s)")
 
     def scores(evaluation: dict[str, Any]) -> list[str]:
@@ -112,7 +116,7 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     dense_ppl = dense["perplexity"]["perplexity"] if dense["perplexity"] else None
     dense_mean = sum(t["score"] for t in dense["tasks"].values()) / len(task_names) if task_names else None
     rows = [["dense", "", str(dense["layers"]), f"{dense['parameters'] / 1e6:.1f}M", _ppl(dense_ppl), "x1.00",
-             *scores(dense), *(["" if dense_mean is None else _pct(dense_mean), "100.0"] if task_names else []), ""]]
+             *scores(dense), *(["" if dense_mean is None else _pct(dense_mean), "100.0", "1.000"] if task_names else []), ""]]
     for entry in report["methods"]:
         if entry["error"]:
             rows.append([entry["method"], f"failed: {entry['error']}", *[""] * (len(header) - 2)])
@@ -124,7 +128,8 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                      f"{evaluation['parameters'] / 1e6:.1f}M", _ppl(ppl),
                      "" if entry["perplexity_ratio"] is None else f"x{entry['perplexity_ratio']:.2f}",
                      *scores(evaluation),
-                     *([_pct(mean.get("model")), _pct(mean.get("retention"))] if task_names else []),
+                     *([_pct(mean.get("model")), _pct(mean.get("retention")), _stability(mean.get("stability"))]
+                       if task_names else []),
                      f"{entry['prune_seconds']:.1f}"])
     return header, rows
 
@@ -157,7 +162,9 @@ def render_markdown(report: dict[str, Any], plot_name: str | None = None) -> str
               render_table(header, rows), "",
               "Removed blocks are indices of the dense model. streamline-* replace the span by one trained "
               "layer, so they keep one layer more than the blocks they cut. Retention = mean over tasks of "
-              "pruned score / dense score.", ""]
+              "pruned score / dense score. Stability = mean over multiple-choice tasks of LLM-Streamline's "
+              "stability: how often the pruned model is right or wrong on the same questions as the dense "
+              "model, weighted by the dense model's confidence (1.000 = the same answers).", ""]
     if plot_name:
         lines += [f"![compare]({plot_name})", ""]
     return "\n".join(lines)
