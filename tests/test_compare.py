@@ -9,7 +9,7 @@ import pytest
 from conftest import random_windows, tiny_loaded
 from layercut.cli import main
 from layercut.commands.compare import parse_methods
-from layercut.compare import compare_methods, render_markdown, table
+from layercut.compare import compare_methods, removed_label, render_markdown, table
 from layercut.errors import ConfigError
 from layercut.evaluation.suite import PerplexitySettings
 from layercut.evaluation.tasks import load_task
@@ -60,7 +60,8 @@ def test_compare_table_has_every_method_and_leaves_dense_untouched(tmp_path, tex
 def test_compare_cli_writes_report_json_and_png(tmp_path, tiny_dir, text_file):
     out = tmp_path / "compare.md"
     text_file = _small_text(tmp_path, text_file)
-    code = main(["compare", "--model", str(tiny_dir), "--cut", "2", "--methods", "angular,last,streamline-ffn",
+    code = main(["compare", "--model", str(tiny_dir), "--cut", "2",
+                 "--methods", "angular,last,streamline-ffn,angular:attn,replaceme-lstsq:mlp",
                  "--calib", str(text_file), "--samples", "4", "--seq-len", "16", "--ppl", str(text_file),
                  "--max-tokens", "128", "--eval-seq-len", "64", "--epochs", "1", "--report", str(out),
                  "--json", str(tmp_path / "compare.json"), "--no-progress"])
@@ -69,12 +70,31 @@ def test_compare_cli_writes_report_json_and_png(tmp_path, tiny_dir, text_file):
     assert all(f"| {name}" in text for name in ("dense", "angular", "last", "streamline-ffn"))
     assert (tmp_path / "compare.png").stat().st_size > 0
     report = json.loads((tmp_path / "compare.json").read_text())
-    assert [entry["method"] for entry in report["methods"]] == ["angular", "last", "streamline-ffn"]
+    assert [entry["method"] for entry in report["methods"]] == ["angular", "last", "streamline-ffn", "angular:attn",
+                                                                 "replaceme-lstsq:mlp"]
+    attn, failed = report["methods"][3:]
+    assert attn["evaluation"]["layers"] == report["dense"]["layers"] and len(attn["details"]["removed_sublayers"]) == 2
+    assert f"{removed_label(attn)} |" in text and removed_label(attn).startswith("attn of ")
+    assert "angular only" in failed["error"]
 
 
 def test_methods_are_checked():
-    assert parse_methods("angular, last") == ["angular", "last"]
+    assert parse_methods("angular, last") == [("angular", "block"), ("last", "block")]
+    assert parse_methods("angular,angular:attn,angular:mlp") == [("angular", "block"), ("angular", "attn"),
+                                                                   ("angular", "mlp")]
+    with pytest.raises(ConfigError, match="NAME:attn or NAME:mlp"):
+        parse_methods("angular:heads")
+    with pytest.raises(ConfigError, match="twice"):
+        parse_methods("angular,angular:block")
     with pytest.raises(ConfigError, match="choose among"):
         parse_methods("angular,nope")
     with pytest.raises(ConfigError, match="twice"):
         parse_methods("last,last")
+
+
+def test_removed_label_names_spans_replacements_and_sublayers():
+    assert removed_label({"details": {}, "removed": [3, 4, 5, 9]}) == "3-5, 9"
+    assert removed_label({"details": {"streamline": {"replaced_blocks": [2, 3, 4]}}, "removed": [3, 4]}) == \
+        "2-4 -> 1 trained"
+    assert removed_label({"details": {"granularity": "mlp", "removed_sublayers": [1, 6, 7]}, "removed": []}) == \
+        "mlp of 1, 6-7"

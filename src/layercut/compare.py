@@ -34,11 +34,16 @@ def fresh_copy(dense: LoadedModel) -> LoadedModel:
                        source=dense.source, history=list(dense.history))
 
 
+def method_label(method: str, granularity: str = "block") -> str:
+    """How a method is named in the report: `angular`, or `angular:attn` for a sublayer cut."""
+    return method if granularity == "block" else f"{method}:{granularity}"
+
+
 def method_entry(request: PruneRequest, evaluation: ModelEvaluation | None, dense: ModelEvaluation,
                  outcome: Any = None, prune_seconds: float = 0.0, eval_seconds: float = 0.0,
                  error: str | None = None) -> dict[str, Any]:
     """One method's row of the report: what it removed, how long it took, its scores and retention."""
-    entry: dict[str, Any] = {"method": request.method, "error": error, "prune_seconds": round(prune_seconds, 2),
+    entry: dict[str, Any] = {"method": method_label(request.method, request.granularity), "error": error, "prune_seconds": round(prune_seconds, 2),
                              "eval_seconds": round(eval_seconds, 2), "request": request.to_dict()}
     if evaluation is None:
         return entry
@@ -66,7 +71,7 @@ def run_method(dense: LoadedModel, windows: torch.Tensor, request: PruneRequest,
         return method_entry(request, None, dense_eval, error=str(exc))
     began = time.perf_counter()
     evaluation = evaluate_model(loaded, tasks, ppl, eval_batch_size, progress)
-    evaluation.model = request.method
+    evaluation.model = method_label(request.method, request.granularity)
     entry = method_entry(request, evaluation, dense_eval, outcome, prune_seconds, time.perf_counter() - began)
     del loaded
     gc.collect()
@@ -135,9 +140,15 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def removed_label(entry: dict[str, Any]) -> str:
-    """The blocks a method took out; a replaced span reads "11-18 -> 1 trained"."""
-    replaced = entry["details"].get("streamline", {}).get("replaced_blocks")
-    return f"{_blocks(replaced)} -> 1 trained" if replaced else _blocks(entry["removed"])
+    """The blocks a method took out; a replaced span reads "11-18 -> 1 trained", a sublayer cut
+    "attn of 6-7, 9"."""
+    details = entry["details"]
+    replaced = details.get("streamline", {}).get("replaced_blocks")
+    if replaced:
+        return f"{_blocks(replaced)} -> 1 trained"
+    if details.get("removed_sublayers"):
+        return f"{details['granularity']} of {_blocks(details['removed_sublayers'])}"
+    return _blocks(entry["removed"])
 
 
 def _blocks(indices: list[int]) -> str:

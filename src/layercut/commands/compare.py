@@ -10,11 +10,12 @@ from pathlib import Path
 from layercut.commands.common import (add_calib_args, add_eval_args, add_model_args, calib_description, calib_from_args,
                                       check_eval_args, load_from_args, ppl_from_args, tasks_from_args)
 from layercut.commands.method_args import add_method_args, method_extra, select_for
-from layercut.compare import compare_methods, plot_compare, render_markdown, table
+from layercut.compare import compare_methods, method_label, plot_compare, render_markdown, table
 from layercut.errors import ConfigError
 from layercut.evaluation.report import render_table
 from layercut.export import ensure_output_free, write_text_atomic
 from layercut.prune import METHODS, PruneRequest
+from layercut.sublayers import GRANULARITIES
 
 DEFAULT_METHODS = "angular,shortgpt,last,replaceme-lstsq,replaceme-cosine,streamline-ffn,streamline-layer"
 
@@ -26,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_calib_args(parser)
     parser.add_argument("--cut", type=int, required=True, help="blocks each method removes")
     parser.add_argument("--methods", default=DEFAULT_METHODS,
-                        help=f"comma-separated methods among {', '.join(sorted(METHODS))} (default: %(default)s)")
+                        help=f"comma-separated methods among {', '.join(sorted(METHODS))}; NAME:attn or NAME:mlp "
+                             "cuts attention or MLP sublayers instead of blocks (default: %(default)s)")
     parser.add_argument("--min-start", type=int, help="earliest block a cut may start at")
     parser.add_argument("--select", default=None, help="span score for span methods (default: each method's own)")
     add_eval_args(parser, window_flag="--eval-seq-len", batch_flag="--eval-batch-size",
@@ -41,22 +43,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def parse_methods(text: str) -> list[str]:
-    """The --methods list, checked against the registry."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METHODS]
-    if unknown or not names:
+def parse_methods(text: str) -> list[tuple[str, str]]:
+    """The --methods list as (method, granularity) pairs, checked against the registry.
+
+    `NAME` cuts whole blocks; `NAME:attn` / `NAME:mlp` cut attention or MLP sublayers instead."""
+    entries = [entry.strip() for entry in text.split(",") if entry.strip()]
+    pairs = [(name.strip(), part.strip() or "block") for name, _, part in (e.partition(":") for e in entries)]
+    unknown = [name for name, _ in pairs if name not in METHODS]
+    if unknown or not pairs:
         raise ConfigError(f"unknown --methods {', '.join(unknown) or '(none)'}; "
                           f"choose among {', '.join(sorted(METHODS))}")
-    if len(set(names)) != len(names):
+    parts = [part for _, part in pairs if part not in GRANULARITIES]
+    if parts:
+        raise ConfigError(f"unknown granularity ':{parts[0]}' in --methods; write NAME, NAME:attn or NAME:mlp")
+    if len(set(pairs)) != len(pairs):
         raise ConfigError("--methods names a method twice; list each once")
-    return names
+    return pairs
 
 
-def requests_from_args(args: argparse.Namespace, methods: list[str]) -> list[PruneRequest]:
+def requests_from_args(args: argparse.Namespace, methods: list[tuple[str, str]]) -> list[PruneRequest]:
     return [PruneRequest(method=name, cut=args.cut, min_start=args.min_start, select=select_for(name, args.select),
                          batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
-                         extra=method_extra(args, name)) for name in methods]
+                         granularity=part, extra=method_extra(args, name)) for name, part in methods]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     dense = load_from_args(args)
     windows = calib_from_args(args, dense)
     ppl = ppl_from_args(args)
-    settings = {"model": args.model, "cut": args.cut, "methods": methods, "calibration": calib_description(args),
+    settings = {"model": args.model, "cut": args.cut, "methods": [method_label(*pair) for pair in methods], "calibration": calib_description(args),
                 "ppl": args.ppl, "max_tokens": args.max_tokens, "tasks": [task.name for task in tasks],
                 "limit": args.limit, "num_fewshot": args.num_fewshot, "device": str(dense.device),
                 "dtype": str(next(dense.model.parameters()).dtype)}
