@@ -2,10 +2,10 @@
 # SmolLM2-135M: 8 blocks vs 8 attention sublayers vs 8 MLP sublayers, through the command line only.
 #
 # 1. cut each variant with `layercut prune --method angular --granularity ...` into out/s8/<granularity>;
-# 2. time each against the dense model with `layercut bench` (prompt 512, 128 generated, batch 1 and 8);
+# 2. time all three and the dense model in one `layercut bench` run (prompt 512, 128 generated, batch 1, 8);
 # 3. score each (and the dense model) with `layercut eval`: WikiText-2 test perplexity and the
 #    6-task zero-shot suite on the first LIMIT items per task.
-# Results: bench/speed/<granularity>8.{json,md} and bench/sublayers_eval/<name>.{json,md}.
+# Results: bench/speed/sublayers.{json,md} and bench/sublayers_eval/<name>.{json,md}.
 # Usage: bash bench/sublayers_cli.sh [STEP...]   with STEP in prune, speed, eval (default: all three).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,11 +26,9 @@ for step in $STEPS; do
       done ;;
     speed)
       mkdir -p bench/speed
-      for g in block attn mlp; do
-        "$LAYERCUT" bench --model "out/s8/$g" --baseline smollm2-135m --device cpu \
-          --prompt-len 512 --gen-len 128 --batch 1,8 --repeats 5 \
-          --json "bench/speed/${g}8.json" --report "bench/speed/${g}8.md" --overwrite
-      done ;;
+      "$LAYERCUT" bench --model out/s8/block --also out/s8/attn --also out/s8/mlp --baseline smollm2-135m \
+        --device cpu --prompt-len 512 --gen-len 128 --batch 1,8 --repeats 5 \
+        --json bench/speed/sublayers.json --report bench/speed/sublayers.md --overwrite ;;
     eval)
       mkdir -p bench/sublayers_eval
       for name in smollm2-135m out/s8/block out/s8/attn out/s8/mlp; do

@@ -11,6 +11,7 @@ from conftest import tiny_loaded
 from layercut.cli import main
 from layercut.speed import (bench_models, compute_profile, greedy_run, ideal_speedups, last_logits_only,
                             synthetic_prompts)
+from layercut.export import save_checkpoint
 from layercut.sublayers import zero_sublayers
 from layercut.surgery import remove_blocks
 
@@ -80,3 +81,20 @@ def test_prefill_flops_count_the_head_once_per_prompt():
     layers = len(loaded.model.model.layers)
     assert profile["prefill_flops_per_token"] == pytest.approx(2 * (blocks + head / 32) + 4 * 16 * width * layers)
     assert profile["decode_flops_per_token"] == pytest.approx(2 * (blocks + head) + 4 * 36 * width * layers)
+
+
+def test_bench_cli_measures_further_models_in_the_same_run(tmp_path, tiny_dir):
+    cut = tiny_loaded("llama")
+    remove_blocks(cut, [1, 2])
+    cut_dir = tmp_path / "cut"
+    save_checkpoint(cut, cut_dir, {"command": "test"})
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", str(tiny_dir), "--also", str(cut_dir), "--baseline", str(tiny_dir),
+                 "--prompt-len", "8", "--gen-len", "2", "--repeats", "1", "--json", str(out)])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert [run["model"] for run in record["runs"]] == [f"{tiny_dir} (baseline)", str(tiny_dir), str(cut_dir)]
+    layers = {name: profile["layers"] for name, profile in record["models"].items()}
+    assert layers[str(cut_dir)] == layers[str(tiny_dir)] - 2
+    assert record["runs"][2]["ideal_speedup"]["layers"] == pytest.approx(layers[str(tiny_dir)] / layers[str(cut_dir)])
+    assert main(["bench", "--model", str(tiny_dir), "--also", str(tiny_dir)]) == 2

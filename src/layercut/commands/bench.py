@@ -16,6 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="measure inference speed and memory (pruned vs dense baseline)")
     add_model_args(parser)
     parser.add_argument("--baseline", help="dense model measured in the same run (alias, directory or hub id)")
+    parser.add_argument("--also", action="append", default=[], metavar="MODEL",
+                        help="another model measured in the same run, interleaved with the others (repeatable)")
     parser.add_argument("--prompt-len", type=int, default=512, help="prompt tokens (default: %(default)s)")
     parser.add_argument("--gen-len", type=int, default=128, help="tokens generated per run (default: %(default)s)")
     parser.add_argument("--batch", default="1", help="comma-separated batch sizes (default: %(default)s)")
@@ -51,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         models[baseline_label] = load_model(args.baseline, dtype=args.dtype, device=args.device,
                                             trust_remote_code=args.trust_remote_code)
     models[args.model] = load_from_args(args)
+    for spec in args.also:
+        if spec in models or spec == args.baseline:
+            raise ConfigError(f"'{spec}' is measured twice; name each model once across --model, --baseline, --also")
+        models[spec] = load_model(spec, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     results = bench_models(models, batches, args.prompt_len, args.gen_len, args.repeats, args.warmup, args.seed,
                            baseline=baseline_label)
     table = render_bench_markdown(results)
