@@ -14,13 +14,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from layercut.adapters import ArchAdapter, get_adapter
 from layercut.errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ALIASES: dict[str, tuple[str, str]] = {
     # alias: (python package that ships the file, file name inside it)
@@ -33,7 +36,7 @@ PROVENANCE_FILE = "layercut.json"
 class LoadedModel:
     """A model ready for layercut: the HF model, its tokenizer, its adapter, and where it came from."""
 
-    model: nn.Module
+    model: PreTrainedModel
     tokenizer: Any
     adapter: ArchAdapter
     source: str
