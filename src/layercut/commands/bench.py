@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.json, args.report):
         if path:
             ensure_output_free(path, args.overwrite)
+    measured = [args.model, *args.also]
+    twice = [spec for spec in args.also if measured.count(spec) > 1 or spec == args.baseline]
+    if twice:
+        raise ConfigError(f"'{twice[0]}' is measured twice; name each model once across --model, --baseline, --also")
     models = {}
     baseline_label = f"{args.baseline} (baseline)" if args.baseline else None
     if baseline_label:
@@ -54,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
                                             trust_remote_code=args.trust_remote_code)
     models[args.model] = load_from_args(args)
     for spec in args.also:
-        if spec in models or spec == args.baseline:
-            raise ConfigError(f"'{spec}' is measured twice; name each model once across --model, --baseline, --also")
         models[spec] = load_model(spec, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     results = bench_models(models, batches, args.prompt_len, args.gen_len, args.repeats, args.warmup, args.seed,
                            baseline=baseline_label)
