@@ -6,6 +6,7 @@ bench/compare.md, bench/compare.json and bench/compare.png; the table lists the 
 
     python bench/compare.py --samples 16 --max-tokens 4096 --limit 0      # perplexity only
     python bench/compare.py --limit 100                                   # with the 6-task mean
+    python bench/compare.py --limit 500 --name compare_500                # firmer zero-shot numbers
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="items per zero-shot task (0: no tasks)")
     parser.add_argument("--epochs", type=int, default=5, help="LLM-Streamline training epochs")
     parser.add_argument("--train-batch-tokens", type=int, default=256, help="LLM-Streamline tokens per step")
+    parser.add_argument("--name", default="compare", help="results go to bench/NAME.md, .json and .png")
     return parser.parse_args()
 
 
@@ -44,8 +46,8 @@ def main_bench() -> int:
                  "--ppl", str(SHARED / "text" / "wikitext2_raw_test.txt"), "--max-tokens", str(args.max_tokens),
                  "--eval-seq-len", "256", *tasks, "--epochs", str(args.epochs),
                  "--train-batch-tokens", str(args.train_batch_tokens),
-                 "--report", str(HERE / "compare.md"), "--json", str(HERE / "compare.json"),
-                 "--plot", str(HERE / "compare.png"), "--overwrite", "--no-progress"])
+                 "--report", str(HERE / f"{args.name}.md"), "--json", str(HERE / f"{args.name}.json"),
+                 "--plot", str(HERE / f"{args.name}.png"), "--overwrite", "--no-progress"])
 
 
 if __name__ == "__main__":
