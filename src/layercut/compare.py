@@ -20,7 +20,7 @@ import torch
 from layercut import __version__
 from layercut.errors import LayercutError
 from layercut.evaluation.report import compare as compare_tasks
-from layercut.evaluation.report import ratio, render_table
+from layercut.evaluation.report import format_number, format_percent, ratio, render_table
 from layercut.evaluation.suite import ModelEvaluation, PerplexitySettings, evaluate_model
 from layercut.evaluation.tasks import Task
 from layercut.export import save_figure_atomic
@@ -43,8 +43,9 @@ def method_entry(request: PruneRequest, evaluation: ModelEvaluation | None, dens
                  outcome: Any = None, prune_seconds: float = 0.0, eval_seconds: float = 0.0,
                  error: str | None = None) -> dict[str, Any]:
     """One method's row of the report: what it removed, how long it took, its scores and retention."""
-    entry: dict[str, Any] = {"method": method_label(request.method, request.granularity), "error": error, "prune_seconds": round(prune_seconds, 2),
-                             "eval_seconds": round(eval_seconds, 2), "request": request.to_dict()}
+    entry: dict[str, Any] = {"method": method_label(request.method, request.granularity), "error": error,
+                             "prune_seconds": round(prune_seconds, 2), "eval_seconds": round(eval_seconds, 2),
+                             "request": request.to_dict()}
     if evaluation is None:
         return entry
     dense_ppl = dense.perplexity.perplexity if dense.perplexity else None
@@ -93,14 +94,6 @@ def compare_methods(dense: LoadedModel, windows: torch.Tensor, requests: Sequenc
             "methods": methods}
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
-
-
-def _stability(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}"
-
-
 def _ppl(value: float | None) -> str:
     return "" if value is None else f"{value:,.2f}"
 
@@ -116,12 +109,13 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header.append("prune time (s)")
 
     def scores(evaluation: dict[str, Any]) -> list[str]:
-        return [_pct(evaluation["tasks"][name]["score"]) if name in evaluation["tasks"] else "" for name in task_names]
+        return [format_percent(evaluation["tasks"][name]["score"]) if name in evaluation["tasks"] else "" for name in task_names]
 
     dense_ppl = dense["perplexity"]["perplexity"] if dense["perplexity"] else None
     dense_mean = sum(t["score"] for t in dense["tasks"].values()) / len(task_names) if task_names else None
+    dense_summary = [format_percent(dense_mean), "100.0", "1.000"] if task_names else []
     rows = [["dense", "", str(dense["layers"]), f"{dense['parameters'] / 1e6:.1f}M", _ppl(dense_ppl), "x1.00",
-             *scores(dense), *(["" if dense_mean is None else _pct(dense_mean), "100.0", "1.000"] if task_names else []), ""]]
+             *scores(dense), *dense_summary, ""]]
     for entry in report["methods"]:
         if entry["error"]:
             rows.append([entry["method"], f"failed: {entry['error']}", *[""] * (len(header) - 2)])
@@ -133,8 +127,8 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                      f"{evaluation['parameters'] / 1e6:.1f}M", _ppl(ppl),
                      "" if entry["perplexity_ratio"] is None else f"x{entry['perplexity_ratio']:.2f}",
                      *scores(evaluation),
-                     *([_pct(mean.get("model")), _pct(mean.get("retention")), _stability(mean.get("stability"))]
-                       if task_names else []),
+                     *([format_percent(mean.get("model")), format_percent(mean.get("retention")),
+                        format_number(mean.get("stability"), 3)] if task_names else []),
                      f"{entry['prune_seconds']:.1f}"])
     return header, rows
 

@@ -43,7 +43,8 @@ def add_eval_args(parser: argparse.ArgumentParser, window_flag: str = "--seq-len
     """The evaluation flags of `layercut eval`. `compare` also calibrates, so it names the three flags
     its calibration already uses differently; the values land in the same attributes either way."""
     group = parser.add_argument_group("evaluation")
-    group.add_argument("--ppl", help="text for perplexity: .txt, .jsonl, builtin:pydoc-eval or hf:NAME[:CONFIG][:SPLIT]")
+    group.add_argument("--ppl",
+                       help="text for perplexity: .txt, .jsonl, builtin:pydoc-eval or hf:NAME[:CONFIG][:SPLIT]")
     group.add_argument(text_field_flag, dest="ppl_text_field", default="text", metavar="FIELD",
                        help="JSONL / dataset field holding the --ppl text")
     group.add_argument("--max-tokens", type=int, help="cap the perplexity text at this many tokens (whole windows)")

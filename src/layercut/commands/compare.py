@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     dense = load_from_args(args)
     windows = calib_from_args(args, dense)
     ppl = ppl_from_args(args)
-    settings = {"model": args.model, "cut": args.cut, "methods": [method_label(*pair) for pair in methods], "calibration": calib_description(args),
+    settings = {"model": args.model, "cut": args.cut, "methods": [method_label(*pair) for pair in methods],
+                "calibration": calib_description(args),
                 "ppl": args.ppl, "max_tokens": args.max_tokens, "tasks": [task.name for task in tasks],
                 "limit": args.limit, "num_fewshot": args.num_fewshot, "device": str(dense.device),
                 "dtype": str(next(dense.model.parameters()).dtype)}

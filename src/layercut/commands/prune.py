@@ -116,7 +116,8 @@ def describe_removal(outcome: PruneOutcome, granularity: str) -> str:
     replaced = outcome.details.get("streamline", {}).get("replaced_blocks")
     if replaced:
         module = {"layer": "decoder layer", "ffn": "FFN"}.get(outcome.details["streamline"]["kind"], "module")
-        return f"replaced blocks {replaced[0]}-{replaced[-1]} by one trained {module} (removed blocks {outcome.removed})"
+        return (f"replaced blocks {replaced[0]}-{replaced[-1]} by one trained {module} "
+                f"(removed blocks {outcome.removed})")
     return f"removed blocks {outcome.removed}"
 
 

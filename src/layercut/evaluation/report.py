@@ -63,7 +63,7 @@ def build_report(model: ModelEvaluation, baseline: ModelEvaluation | None, setti
             "comparison": compare(model, baseline)}
 
 
-def _pct(value: float | None) -> str:
+def format_percent(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.1f}"
 
 
@@ -75,7 +75,7 @@ def _count(value: float | None) -> str:
     return "" if value is None else f"{value / 1e6:.1f}M"
 
 
-def _num(value: float | None, digits: int = 2) -> str:
+def format_number(value: float | None, digits: int = 2) -> str:
     if value is None:
         return ""
     return f"{value:.3g}" if abs(value) >= 1e6 else f"{value:,.{digits}f}"
@@ -94,32 +94,32 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         cells = [label, base_value, value, change] if has_base else [label, value]
         return cells + [stable] if has_stability else cells
 
-    rows = [row(f"{r['task']} ({r['metric']})", _pct(r["baseline"]), _pct(r["model"]),
-                f"{_pct(r['retention'])}%" if r["retention"] is not None else "", _num(r["stability"], 3))
+    rows = [row(f"{r['task']} ({r['metric']})", format_percent(r["baseline"]), format_percent(r["model"]),
+                f"{format_percent(r['retention'])}%" if r["retention"] is not None else "", format_number(r["stability"], 3))
             for r in comparison["tasks"]]
     mean = comparison["mean"]
     if len(comparison["tasks"]) > 1:
-        rows.append(row("mean", _pct(mean.get("baseline")), _pct(mean.get("model")),
-                        f"{_pct(mean['retention'])}%" if mean.get("retention") is not None else "",
-                        _num(mean.get("stability"), 3)))
+        rows.append(row("mean", format_percent(mean.get("baseline")), format_percent(mean.get("model")),
+                        f"{format_percent(mean['retention'])}%" if mean.get("retention") is not None else "",
+                        format_number(mean.get("stability"), 3)))
     for name, result in model["tasks"].items():
         if "perplexity" in result["metrics"]:
             base_ppl = baseline["tasks"][name]["metrics"]["perplexity"] if has_base else None
-            rows.append(row(f"{name} perplexity", _num(base_ppl), _num(result["metrics"]["perplexity"]),
+            rows.append(row(f"{name} perplexity", format_number(base_ppl), format_number(result["metrics"]["perplexity"]),
                             _times(ratio(result["metrics"]["perplexity"], base_ppl))))
     if model["perplexity"]:
         ppl = model["perplexity"]
         base_ppl = baseline["perplexity"]["perplexity"] if has_base and baseline["perplexity"] else None
-        rows.append(row(f"perplexity ({Path(ppl['source']).name})", _num(base_ppl), _num(ppl["perplexity"]),
+        rows.append(row(f"perplexity ({Path(ppl['source']).name})", format_number(base_ppl), format_number(ppl["perplexity"]),
                         _times(ratio(ppl["perplexity"], base_ppl))))
     rows.append(row("parameters", _count(baseline["parameters"]) if has_base else "", _count(model["parameters"]),
-                    f"{_pct(ratio(model['parameters'], baseline['parameters']))}%" if has_base else ""))
+                    f"{format_percent(ratio(model['parameters'], baseline['parameters']))}%" if has_base else ""))
     rows.append(row("layers", str(baseline["layers"]) if has_base else "", str(model["layers"])))
     for key, label in (("perplexity_tokens_per_second", "speed, perplexity pass (tok/s)"),
                        ("task_tokens_per_second", "speed, task scoring (tok/s)")):
         if model["speed"][key] is not None:
             base_speed = baseline["speed"][key] if has_base else None
-            rows.append(row(label, _num(base_speed, 0), _num(model["speed"][key], 0),
+            rows.append(row(label, format_number(base_speed, 0), format_number(model["speed"][key], 0),
                             _times(ratio(model["speed"][key], base_speed))))
     return header, rows
 
