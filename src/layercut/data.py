@@ -9,6 +9,7 @@ disjoint halves), or, when online, a Hugging Face dataset written `hf:NAME[:CONF
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import torch
 from layercut.errors import DataError
 
 BUILTIN_SOURCES = ("builtin:pydoc-calib", "builtin:pydoc-eval")
+MAX_GARBAGE_SHARE = 0.05  # of characters (undecodable or control) or of tokens (byte fallback)
+_BYTE_FALLBACK = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
 def builtin_text(name: str) -> str:
@@ -92,13 +95,51 @@ def read_text(source: str, text_field: str = "text") -> str:
             text = path.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
         raise DataError(f"text source '{source}' is empty; pass a file with text in it")
+    check_is_text(source, text)
     return text
+
+
+def garbage_share(text: str) -> float:
+    """The share of characters that are undecodable bytes (U+FFFD) or control characters other
+    than whitespace: near 0 for real text, large for binary data read as text."""
+    if not text:
+        return 0.0
+    bad = sum(1 for char in text if char == "\ufffd" or (ord(char) < 32 and char not in "\n\r\t\f\v"))
+    return bad / len(text)
+
+
+def byte_fallback_share(tokenizer: Any, ids: torch.Tensor, sample: int = 200_000) -> float:
+    """The share of tokens (of the first `sample`) that are SentencePiece byte-fallback pieces
+    (`<0x41>`): a tokenizer spells text it cannot read one byte at a time."""
+    head = ids[:sample].tolist()
+    if not head:
+        return 0.0
+    pieces = tokenizer.convert_ids_to_tokens(head)
+    return sum(1 for piece in pieces if isinstance(piece, str) and _BYTE_FALLBACK.match(piece)) / len(head)
+
+
+def check_is_text(source: str, text: str) -> None:
+    """Refuse binary or mostly undecodable input before it silently calibrates or trains a model."""
+    share = garbage_share(text[:1_000_000])
+    if share > MAX_GARBAGE_SHARE:
+        raise DataError(f"'{source}' does not look like text: {share:.0%} of its characters are undecodable bytes "
+                        "or control characters; pass a UTF-8 text file")
 
 
 def tokenize_text(tokenizer: Any, text: str) -> torch.Tensor:
     """Token ids of the whole text as one 1-D tensor, without special tokens."""
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
+
+
+def tokenize_source(tokenizer: Any, source: str, text_field: str = "text") -> torch.Tensor:
+    """Read a text source and tokenize it, refusing text the tokenizer can only spell byte by byte."""
+    ids = tokenize_text(tokenizer, read_text(source, text_field))
+    share = byte_fallback_share(tokenizer, ids)
+    if share > 4 * MAX_GARBAGE_SHARE:
+        raise DataError(f"'{source}' is {share:.0%} byte-fallback tokens for this model's tokenizer (it cannot read "
+                        "the text); pass text in a language and encoding the model knows")
+    return ids
 
 
 def bos_id(tokenizer: Any) -> int | None:
@@ -131,7 +172,7 @@ def calibration_windows(tokenizer: Any, source: str, samples: int, seq_len: int,
     """
     if samples < 1 or seq_len < 2:
         raise DataError("--samples must be >= 1 and --seq-len >= 2")
-    windows = split_windows(tokenize_text(tokenizer, read_text(source, text_field)), seq_len, bos_id(tokenizer))
+    windows = split_windows(tokenize_source(tokenizer, source, text_field), seq_len, bos_id(tokenizer))
     if windows.shape[0] < samples:
         raise DataError(f"'{source}' gives only {windows.shape[0]} windows of {seq_len} tokens but "
                         f"{samples} were asked; lower --samples or --seq-len, or give more text")

@@ -30,3 +30,7 @@ class OutputExistsError(LayercutError):
 
 class RecipeError(ConfigError):
     """A recipe file that cannot be read, does not validate, or whose step failed; the message names the line."""
+
+
+class NonFiniteError(LayercutError):
+    """A model holds NaN/Inf weights or produces a NaN/Inf loss; the message names the first bad tensor."""

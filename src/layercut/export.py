@@ -21,6 +21,7 @@ from torch import nn
 
 from layercut import __version__
 from layercut.errors import OutputExistsError
+from layercut.finite import require_finite
 from layercut.loading import PROVENANCE_FILE, LoadedModel
 
 
@@ -30,6 +31,64 @@ def ensure_output_free(path: str | Path, overwrite: bool) -> Path:
     if out.exists() and not overwrite:
         raise OutputExistsError(f"output '{out}' already exists; pass --overwrite to replace it or choose another path")
     return out
+
+
+STAGING_MARK = ".tmp-"
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it; there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path, directory: bool) -> None:
+    """Give a file or directory made by `tempfile` (0600 / 0700) the mode a plain open or mkdir
+    would have given it under the user's umask, as `save_pretrained` does."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def follow_umask_tree(root: Path) -> None:
+    """`follow_umask` for a directory and everything in it (some writers, safetensors' among them,
+    create private temporary files and rename them)."""
+    follow_umask(root, directory=True)
+    for path in root.rglob("*"):
+        follow_umask(path, directory=path.is_dir())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(parent: Path, name: str) -> list[Path]:
+    """Delete staging directories of `name` left in `parent` by layercut runs that were killed
+    (their process is gone); return what was removed."""
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for candidate in parent.glob(f".{name}{STAGING_MARK}*"):
+        pid_text = candidate.name[len(f".{name}{STAGING_MARK}"):].split("-", 1)[0]
+        if candidate.is_dir() and pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def make_staging_dir(target: Path) -> Path:
+    """A fresh hidden sibling of `target` to write into; it carries this process id so that a later
+    run can tell a killed run's leftovers from a live run's work and clean them up."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(target.parent, target.name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_MARK}{os.getpid()}-", dir=target.parent))
+    follow_umask(staging, directory=True)
+    return staging
 
 
 def atomic_replace_dir(staging: Path, out: Path) -> None:
@@ -53,6 +112,7 @@ def write_text_atomic(path: str | Path, text: str, overwrite: bool = True) -> Pa
     handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
         stream.write(text)
+    follow_umask(Path(tmp), directory=False)
     os.replace(tmp, target)
     return target
 
@@ -67,6 +127,7 @@ def save_figure_atomic(figure: Any, path: str | Path, dpi: int = 110) -> Path:
     os.close(handle)
     figure.savefig(tmp, dpi=dpi)
     plt.close(figure)
+    follow_umask(Path(tmp), directory=False)
     os.replace(tmp, target)
     return target
 
@@ -130,12 +191,12 @@ def save_checkpoint(loaded: LoadedModel, out: str | Path, step: dict[str, Any], 
     appended to the history the input model carried, so a chain of layercut runs is recorded whole.
     """
     target = ensure_output_free(out, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    require_finite(loaded.model)
     step = {"input_model": loaded.source, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **step}
     steps = [*loaded.history, step]
     base_model = steps[0].get("input_model", loaded.source)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging = make_staging_dir(target)
     try:
         loaded.model.save_pretrained(staging, safe_serialization=True)
         loaded.tokenizer.save_pretrained(staging)
@@ -145,6 +206,7 @@ def save_checkpoint(loaded: LoadedModel, out: str | Path, step: dict[str, Any], 
         (staging / "README.md").write_text(card)
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
+        follow_umask_tree(staging)
         atomic_replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -10,6 +10,7 @@ from layercut.evaluation.perplexity import PerplexityResult, text_perplexity
 from layercut.evaluation.tasks import Task
 from layercut.evaluation.zeroshot import TaskResult, evaluate_task
 from layercut.export import count_parameters
+from layercut.finite import require_finite, require_finite_value
 from layercut.loading import LoadedModel
 
 
@@ -59,7 +60,9 @@ class ModelEvaluation:
 
 def evaluate_model(loaded: LoadedModel, tasks: Sequence[Task] = (), ppl: PerplexitySettings | None = None,
                    batch_size: int = 16, progress: bool = True) -> ModelEvaluation:
-    """Perplexity (when `ppl` is given) and every task, on one loaded model."""
+    """Perplexity (when `ppl` is given) and every task, on one loaded model; a model with NaN/Inf
+    weights or outputs is refused rather than scored."""
+    require_finite(loaded.model)
     evaluation = ModelEvaluation(model=loaded.source, parameters=count_parameters(loaded.model),
                                  layers=loaded.num_layers)
     if ppl is not None:
@@ -67,6 +70,7 @@ def evaluate_model(loaded: LoadedModel, tasks: Sequence[Task] = (), ppl: Perplex
         evaluation.perplexity = text_perplexity(loaded, ppl.source, ppl.seq_len, ppl.max_tokens, ppl.batch_size,
                                                 ppl.text_field, progress)
         evaluation.perplexity_seconds = time.perf_counter() - started
+        require_finite_value(evaluation.perplexity.perplexity, "perplexity", loaded.model)
     for task in tasks:
         evaluation.tasks[task.name] = evaluate_task(loaded, task, batch_size, progress)
     return evaluation

@@ -14,7 +14,6 @@ import hashlib
 import json
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from layercut.errors import ConfigError
-from layercut.export import atomic_replace_dir
+from layercut.export import atomic_replace_dir, follow_umask_tree, make_staging_dir
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
@@ -84,13 +83,14 @@ def save_training_checkpoint(work_dir: Path, step: int, model: nn.Module, optimi
 
     target = work_dir / checkpoint_name(step)
     work_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=work_dir))
+    staging = make_staging_dir(target)
     try:
         save_file(trainable_tensors(model), str(staging / WEIGHTS_FILE))
         torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}, staging / "optimizer.pt")
         torch.save(rng, staging / "rng.pt")
         (staging / LOG_FILE).write_text("".join(json.dumps(record) + "\n" for record in log))
         (staging / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
+        follow_umask_tree(staging)
         atomic_replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -104,7 +104,13 @@ def read_training_state(path: Path, fingerprint: dict[str, Any], mode: str) -> d
     if not state_file.is_file():
         raise ConfigError(f"'{path}' is not a layercut heal checkpoint (no {STATE_FILE}); "
                           f"pass --resume OUT/{CHECKPOINT_PREFIX}NNNNNN")
-    state = json.loads(state_file.read_text())
+    try:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        state = None
+    if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), dict) or "step" not in state:
+        raise ConfigError(f"checkpoint '{path}' is damaged ({STATE_FILE} is not a valid trainer state); resume from "
+                          "an earlier checkpoint-NNNNNN or start again without --resume")
     if state.get("fingerprint") != fingerprint:
         raise ConfigError(f"checkpoint '{path}' was written for another model "
                           f"({describe_fingerprint(state['fingerprint'])}) but --model is "
@@ -114,24 +120,48 @@ def read_training_state(path: Path, fingerprint: dict[str, Any], mode: str) -> d
     return state
 
 
+def _damaged(path: Path, part: str) -> ConfigError:
+    return ConfigError(f"checkpoint '{path}' is damaged ({part} cannot be read); resume from an earlier "
+                       "checkpoint-NNNNNN or start again without --resume")
+
+
+def _read_checkpoint_part(path: Path, name: str, read: Any) -> Any:
+    """`read(file)` for one file of a checkpoint; a missing or corrupt file is a one-line ConfigError."""
+    try:
+        return read(path / name)
+    except Exception:  # safetensors, pickle and JSON each fail in their own exception types
+        raise _damaged(path, name) from None
+
+
 def load_training_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                              scaler: torch.amp.GradScaler) -> list[dict]:
-    """Restore weights, optimizer, scaler and RNG states from checkpoint `path`; return its log."""
+    """Restore weights, optimizer, scaler and RNG states from checkpoint `path`; return its log.
+
+    Every file is read and checked before anything is restored, so a damaged checkpoint leaves
+    the model and optimizer untouched."""
     from safetensors.torch import load_file
 
-    saved = load_file(str(path / WEIGHTS_FILE), device=str(next(model.parameters()).device))
+    device = str(next(model.parameters()).device)
+    saved = _read_checkpoint_part(path, WEIGHTS_FILE, lambda file: load_file(str(file), device=device))
+    optim_state = _read_checkpoint_part(path, "optimizer.pt", lambda file: torch.load(file, weights_only=True))
+    rng = _read_checkpoint_part(path, "rng.pt", lambda file: torch.load(file, weights_only=True))
+    log = _read_checkpoint_part(path, LOG_FILE, lambda file: [json.loads(line) for line in
+                                                              file.read_text().splitlines() if line.strip()])
+    if not isinstance(optim_state, dict) or not {"optimizer", "scaler"} <= set(optim_state):
+        raise _damaged(path, "optimizer.pt")
     params = dict(model.named_parameters())
     wrong = sorted(name for name in saved if name not in params or params[name].shape != saved[name].shape)
     missing = sorted(name for name, p in params.items() if p.requires_grad and name not in saved)
     if wrong or missing:
         raise ConfigError(f"checkpoint '{path}' does not match this model ({(wrong + missing)[0]} differs); "
                           "resume with the model and --mode that run used")
+    try:
+        optimizer.load_state_dict(optim_state["optimizer"])
+        scaler.load_state_dict(optim_state["scaler"])
+        restore_rng_states(rng)
+    except (KeyError, ValueError, TypeError, RuntimeError):
+        raise _damaged(path, "optimizer.pt / rng.pt") from None
     with torch.no_grad():
         for name, tensor in saved.items():
             params[name].copy_(tensor)
-    optim_state = torch.load(path / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(optim_state["optimizer"])
-    scaler.load_state_dict(optim_state["scaler"])
-    restore_rng_states(torch.load(path / "rng.pt", weights_only=True))
-    log_file = path / LOG_FILE
-    return [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+    return log

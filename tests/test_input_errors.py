@@ -1,0 +1,131 @@
+"""Bad input and faults answered in one line with exit code 2, nothing written: binary calibration
+text, NaN weights, damaged heal checkpoints; outputs follow the umask; killed runs' staging is cleaned."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from layercut.cli import main
+from layercut.data import builtin_text, garbage_share
+from layercut.errors import NonFiniteError
+from layercut.export import make_staging_dir, remove_stale_staging, save_checkpoint
+from layercut.finite import first_non_finite, require_finite_value
+from tests.conftest import save_tiny, tiny_loaded
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    return code, capsys.readouterr().err.strip()
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    lines = [line for line in err.splitlines() if line.startswith("layercut:")]
+    assert len(lines) == 1 and lines[0].startswith("layercut: error:"), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_garbage_share_counts_undecodable_and_control_characters():
+    assert garbage_share("plain text,\nwith\ttabs.") == 0.0
+    assert garbage_share("ab\ufffd\x01") == pytest.approx(0.5)
+
+
+def test_random_bytes_as_calibration_text_are_refused(tiny_dir, tmp_path, capsys):
+    junk = tmp_path / "junk.txt"
+    junk.write_bytes(os.urandom(200_000))
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, "prune", "--model", str(tiny_dir), "--method", "angular", "--cut", "1",
+                        "--calib", str(junk), "--samples", "4", "--seq-len", "32", "--out", str(out))
+    assert code == 2
+    assert_one_line_error(err, "junk.txt", "does not look like text", "UTF-8")
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_nan_weights_are_refused_by_eval_with_the_tensor_name(tmp_path, capsys):
+    loaded = tiny_loaded("llama")
+    with torch.no_grad():
+        loaded.model.model.layers[2].mlp.down_proj.weight[0, 0] = float("nan")
+    loaded.model.save_pretrained(tmp_path / "nan")
+    loaded.tokenizer.save_pretrained(tmp_path / "nan")
+    text = tmp_path / "eval.txt"
+    text.write_text(builtin_text("builtin:pydoc-eval")[:20_000])
+    code, err = run_cli(capsys, "eval", "--model", str(tmp_path / "nan"), "--ppl", str(text), "--max-tokens", "256",
+                        "--seq-len", "64", "--json", str(tmp_path / "e.json"))
+    assert code == 2
+    assert_one_line_error(err, "model.layers.2.mlp.down_proj.weight", "NaN or Inf")
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_a_non_finite_model_is_never_saved(tmp_path):
+    loaded = tiny_loaded("llama")
+    with torch.no_grad():
+        loaded.model.lm_head.weight[3, 1] = float("inf")
+    assert first_non_finite(loaded.model) == "lm_head.weight"
+    with pytest.raises(NonFiniteError, match="lm_head.weight"):
+        save_checkpoint(loaded, tmp_path / "out", {"command": "test"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_non_finite_score_names_the_problem():
+    assert require_finite_value(3.5, "perplexity") == 3.5
+    with pytest.raises(NonFiniteError, match="perplexity is nan"):
+        require_finite_value(float("nan"), "perplexity")
+
+
+@pytest.mark.parametrize("damage", ["trainer_state.json", "optimizer.pt", "rng.pt", "trainable.safetensors"])
+def test_resume_from_a_damaged_checkpoint_is_one_line(damage, tmp_path, capsys):
+    model_dir = save_tiny(tmp_path / "tiny")
+    data = tmp_path / "train.txt"
+    data.write_text(builtin_text("builtin:pydoc-calib")[:40_000])
+    base = ["heal", "--model", str(model_dir), "--data", str(data), "--seq-len", "32", "--batch-size", "2",
+            "--lr", "3e-3", "--warmup", "1", "--no-progress"]
+    out = tmp_path / "healed"
+    assert main([*base, "--steps", "2", "--save-every", "2", "--out", str(out)]) == 0
+    checkpoint = out / "checkpoint-000002"
+    (checkpoint / damage).write_bytes(b"\x00garbage{" * 10)
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    capsys.readouterr()
+    code, err = run_cli(capsys, *base, "--steps", "4", "--resume", str(checkpoint), "--out", str(out))
+    assert code == 2
+    assert_one_line_error(err, "checkpoint-000002", "damaged", damage.split(".")[0])
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        out = save_checkpoint(tiny_loaded("llama"), tmp_path / "out", {"command": "test"})
+    finally:
+        os.umask(previous)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert (out / "layercut.json").stat().st_mode & 0o777 == 0o644
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_killed_runs_staging_directory_is_removed_by_the_next_run(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".model.tmp-{int(dead.stdout)}-abc123"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"partial")
+    live = tmp_path / f".model.tmp-{os.getpid()}-def456"
+    live.mkdir()
+    other = tmp_path / ".unrelated.tmp-1-x"
+    other.mkdir()
+    assert remove_stale_staging(tmp_path, "model") == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
+    staging = make_staging_dir(tmp_path / "model")
+    assert staging.name.startswith(f".model.tmp-{os.getpid()}-") and staging.is_dir()
+
+
+def test_save_checkpoint_writes_a_provenance_record(tmp_path):
+    out = save_checkpoint(tiny_loaded("llama"), tmp_path / "out", {"command": "test"})
+    assert json.loads((out / "layercut.json").read_text())["steps"][-1]["command"] == "test"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
