@@ -1,8 +1,9 @@
 """Evaluate one zero-/few-shot task: build the harness's requests, score them, compute metrics.
 
 Multiple choice: `acc` = the choice with the highest summed log-probability is gold; `acc_norm`
-= the same after dividing each sum by its choice's length in UTF-8 bytes (ALGORITHMS.md §6;
-lm-evaluation-harness divides by characters, the same for ASCII text). Cloze (LAMBADA): `acc` =
+= the same after dividing each sum by the UTF-8 byte length of the continuation it scores
+(ALGORITHMS.md §6; lm-evaluation-harness divides by characters, the same for ASCII text). In
+partial-scoring tasks (WinoGrande) all options score one shared continuation, so acc_norm = acc. Cloze (LAMBADA): `acc` =
 the continuation is what greedy decoding produces; `perplexity` = exp(-mean per-item
 log-likelihood), the harness's LAMBADA perplexity.
 """
