@@ -77,6 +77,15 @@ def random_windows(batch: int = 4, seq_len: int = 16, seed: int = 0) -> torch.Te
     return torch.randint(3, VOCAB, (batch, seq_len), generator=generator)
 
 
+@pytest.fixture(autouse=True)
+def private_evaluation_cache(tmp_path_factory, monkeypatch):
+    """Tests never read or write the user's cache of evaluations (the model cache stays shared)."""
+    import layercut.evaluation.cache as evaluation_cache
+
+    root = tmp_path_factory.mktemp("evaluation-cache")
+    monkeypatch.setattr(evaluation_cache, "cache_dir", lambda: root)
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param

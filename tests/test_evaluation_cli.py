@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import shared_data, tiny_loaded
 from layercut.cli import main
@@ -42,7 +43,7 @@ def test_side_by_side_eval_writes_json_report_and_plot(tiny_dirs, tmp_path, text
     assert 0.0 <= rows["winogrande"]["stability"] <= 1.0 and rows["lambada"]["stability"] is None
     assert report["model"]["perplexity"]["windows"] == 4
     assert report["model"]["speed"]["task_tokens_per_second"] > 0
-    for words in ("dense", "pruned", "retention", "stability", "perplexity", "parameters", "tok/s"):
+    for words in ("dense", "pruned / dense", "stability", "perplexity", "parameters", "tok/s", "indicative"):
         assert words in table
     assert "![scores](report.png)" in (out / "report.md").read_text()
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
@@ -68,3 +69,58 @@ def test_existing_output_is_refused_without_overwrite(tiny_dirs, tmp_path, capsy
 def test_nothing_to_evaluate_is_a_config_error(capsys):
     assert run_eval("--model", "smollm2-135m") == 2
     assert "--ppl" in capsys.readouterr().err
+
+
+def test_a_second_run_reuses_the_cached_baseline_with_identical_results(tiny_dirs, tmp_path, text_file, capsys,
+                                                                        monkeypatch):
+    from layercut.commands import eval as eval_command
+
+    dense, pruned = tiny_dirs
+    calls = []
+    real = eval_command.evaluate_model
+    monkeypatch.setattr(eval_command, "evaluate_model", lambda loaded, *a, **k: calls.append(loaded.source) or
+                        real(loaded, *a, **k))
+    argv = ["--model", pruned, "--baseline", dense, "--ppl", text_file, "--max-tokens", 256, "--seq-len", 64,
+            "--tasks", "piqa", "--tasks-dir", shared_data("tasks"), "--limit", 4]
+    assert run_eval(*argv, "--json", tmp_path / "a.json") == 0
+    assert run_eval(*argv, "--json", tmp_path / "b.json") == 0
+    assert "reusing its evaluation" in capsys.readouterr().err
+    assert calls == [str(pruned), str(dense), str(pruned)]
+    first, second = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
+    assert first["comparison"] == second["comparison"]
+    assert first["baseline"]["perplexity"]["perplexity"] == second["baseline"]["perplexity"]["perplexity"]
+    assert run_eval(*argv, "--json", tmp_path / "c.json", "--no-cache") == 0
+    assert calls[-2:] == [str(pruned), str(dense)]
+
+
+def test_a_changed_baseline_is_not_served_from_the_cache(tmp_path, text_file, capsys):
+    from layercut.evaluation.cache import evaluation_key, weights_hash
+    from layercut.evaluation.suite import PerplexitySettings
+
+    loaded = tiny_loaded("llama", num_layers=2)
+    ppl = PerplexitySettings(str(text_file), 64, 256)
+    key = evaluation_key(loaded.model, [], ppl, {"limit": None})
+    digest = weights_hash(loaded.model)
+    with torch.no_grad():
+        loaded.model.model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3
+    assert weights_hash(loaded.model) != digest
+    assert evaluation_key(loaded.model, [], ppl, {"limit": None}) != key
+    assert evaluation_key(loaded.model, [], PerplexitySettings(str(text_file), 64, 512), {"limit": None}) != \
+        evaluation_key(loaded.model, [], ppl, {"limit": None})
+
+
+def test_evaluating_a_layercut_checkpoint_records_the_results_in_its_card(tmp_path, text_file, capsys):
+    from layercut.export import save_checkpoint
+
+    out = save_checkpoint(tiny_loaded("llama", num_layers=2), tmp_path / "made", {"command": "prune",
+                                                                                  "method": "angular"})
+    assert run_eval("--model", out, "--ppl", text_file, "--max-tokens", 256, "--seq-len", 64,
+                    "--json", tmp_path / "e.json") == 0
+    value = json.loads((tmp_path / "e.json").read_text())["model"]["perplexity"]["perplexity"]
+    record = json.loads((out / "layercut.json").read_text())
+    assert record["evaluations"][-1]["perplexity"]["value"] == pytest.approx(value, rel=1e-4)
+    assert record["steps"][-1]["method"] == "angular"
+    card = (out / "README.md").read_text()
+    assert "## Evaluation" in card and f"{value:.3f}" in card
+    assert run_eval("--model", out, "--ppl", text_file, "--max-tokens", 256, "--seq-len", 64, "--no-record") == 0
+    assert len(json.loads((out / "layercut.json").read_text())["evaluations"]) == 1

@@ -148,7 +148,28 @@ def base_model_of(loaded: LoadedModel) -> str:
     return loaded.history[0].get("input_model", loaded.source) if loaded.history else loaded.source
 
 
-def render_model_card(base_model: str, steps: list[dict[str, Any]], config: Any, num_params: int) -> str:
+def evaluation_lines(evaluations: list[dict[str, Any]]) -> list[str]:
+    """The model card's "Evaluation" section: one block per `layercut eval` run on this checkpoint."""
+    lines = ["## Evaluation", ""]
+    for record in evaluations:
+        against = f" (baseline: {record['baseline']})" if record.get("baseline") else ""
+        lines.append(f"- {record['date']}{against}")
+        ppl = record.get("perplexity")
+        if ppl:
+            base = f" (baseline {ppl['baseline']:.3f})" if ppl.get("baseline") is not None else ""
+            lines.append(f"  - perplexity on {ppl['source']} ({ppl['windows']} x {ppl['seq_len']} tokens): "
+                         f"{ppl['value']:.3f}{base}")
+        for name, task in (record.get("tasks") or {}).items():
+            base = f" (baseline {100 * task['baseline']:.1f})" if task.get("baseline") is not None else ""
+            lines.append(f"  - {name} {task['metric']}: {100 * task['score']:.1f}{base}")
+        if record.get("tasks"):
+            lines.append(f"  - tasks: {record.get('num_fewshot') or 0}-shot, "
+                         f"{'first ' + str(record['limit']) + ' items' if record.get('limit') else 'all items'}")
+    return [*lines, ""]
+
+
+def render_model_card(base_model: str, steps: list[dict[str, Any]], config: Any, num_params: int,
+                      evaluations: list[dict[str, Any]] | None = None) -> str:
     """The README.md of an output: what was done to which model, with which data, and the scores."""
     lines = [
         "---",
@@ -179,6 +200,8 @@ def render_model_card(base_model: str, steps: list[dict[str, Any]], config: Any,
         if step.get("recipe"):
             lines += ["- recipe:", "", "```yaml", step["recipe"].rstrip(), "```"]
         lines.append("")
+    if evaluations:
+        lines += evaluation_lines(evaluations)
     lines += ["The full record of every step is in `layercut.json`.", ""]
     return "\n".join(lines)
 

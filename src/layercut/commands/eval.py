@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import gc
 import os
+import sys
 from pathlib import Path
 
 from layercut.commands.common import (add_eval_args, add_model_args, check_eval_args, load_from_args,
                                       ppl_from_args, tasks_from_args)
-from layercut.evaluation.report import build_report, plot_report, render_console, render_json, render_markdown
+from layercut.evaluation import cache
+from layercut.evaluation.report import (build_report, plot_report, record_in_checkpoint, render_console, render_json,
+                                        render_markdown)
 from layercut.evaluation.suite import ModelEvaluation, PerplexitySettings, evaluate_model
 from layercut.evaluation.tasks import Task, known_task_names
 from layercut.export import ensure_output_free, write_text_atomic
@@ -36,14 +40,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", help="write a PNG bar chart here (default with --report: next to it, .png)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --json/--report/--plot files")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="re-measure the --baseline even when an identical evaluation (same weights, text, "
+                             "tasks and settings) is cached")
+    parser.add_argument("--no-record", action="store_true",
+                        help="do not add the results to the evaluated layercut checkpoint's model card and layercut.json")
     parser.set_defaults(run=run)
 
 
-def evaluate_spec(spec: str, args: argparse.Namespace, tasks: list[Task],
-                  ppl: PerplexitySettings | None) -> ModelEvaluation:
-    """Load one model, evaluate it, and release it before the next one is loaded."""
+def scoring_settings(args: argparse.Namespace) -> dict:
+    """The settings, beyond the text and tasks themselves, that change the numbers."""
+    return {"task_batch_size": args.task_batch_size, "limit": args.limit, "num_fewshot": args.num_fewshot}
+
+
+def evaluate_spec(spec: str, args: argparse.Namespace, tasks: list[Task], ppl: PerplexitySettings | None,
+                  use_cache: bool = False) -> ModelEvaluation:
+    """Load one model, evaluate it (or reuse its cached evaluation), and release it before the next
+    one is loaded."""
     loaded = load_from_args(argparse.Namespace(**{**vars(args), "model": spec}))
-    evaluation = evaluate_model(loaded, tasks, ppl, args.task_batch_size, not args.no_progress)
+    key = cache.evaluation_key(loaded.model, tasks, ppl, scoring_settings(args)) if use_cache else None
+    hit = cache.load_cached(key) if key else None
+    if hit is not None:
+        evaluation, date = hit
+        evaluation.model = spec
+        print(f"{spec}: reusing its evaluation measured {date} (same weights, text, tasks and settings; "
+              "--no-cache re-measures)", file=sys.stderr)
+    else:
+        evaluation = evaluate_model(loaded, tasks, ppl, args.task_batch_size, not args.no_progress)
+        if key:
+            cache.store(key, evaluation, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     del loaded
     gc.collect()
     return evaluation
@@ -74,12 +99,16 @@ def run(args: argparse.Namespace) -> int:
     tasks = tasks_from_args(args)
     ppl = ppl_from_args(args)
     evaluation = evaluate_spec(args.model, args, tasks, ppl)
-    baseline = evaluate_spec(args.baseline, args, tasks, ppl) if args.baseline else None
+    baseline = evaluate_spec(args.baseline, args, tasks, ppl, use_cache=not args.no_cache) if args.baseline else None
     settings = {"model": args.model, "baseline": args.baseline, "ppl": args.ppl, "max_tokens": args.max_tokens,
                 "seq_len": args.ppl_seq_len, "tasks": [task.name for task in tasks], "tasks_dir": args.tasks_dir,
                 "limit": args.limit, "num_fewshot": args.num_fewshot, "batch_size": args.task_batch_size,
                 "dtype": args.dtype, "device": args.device, "seed": args.seed}
     report = build_report(evaluation, baseline, settings)
     write_outputs(report, args)
+    if not args.no_record:
+        recorded = record_in_checkpoint(args.model, report)
+        if recorded:
+            print(f"recorded these results in {recorded}/README.md and layercut.json", file=sys.stderr)
     print(render_console(report))
     return 0

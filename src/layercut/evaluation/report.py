@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,10 @@ def _times(value: float | None) -> str:
     return "" if value is None else f"x{value:.2f}"
 
 
+def _ratio_percent(value: float | None) -> str:
+    return "" if value is None else f"{format_percent(value)}%"
+
+
 def _count(value: float | None) -> str:
     return "" if value is None else f"{value / 1e6:.1f}M"
 
@@ -87,7 +92,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     comparison = report["comparison"]
     has_base = baseline is not None
     has_stability = has_base and any(r["stability"] is not None for r in comparison["tasks"])
-    header = ["", "dense", "pruned", "retention" if comparison["tasks"] else "ratio"] if has_base else ["", "value"]
+    header = ["", "dense", "pruned", "pruned / dense"] if has_base else ["", "value"]
     header += ["stability"] if has_stability else []
 
     def row(label: str, base_value: str, value: str, change: str = "", stable: str = "") -> list[str]:
@@ -95,33 +100,36 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         return cells + [stable] if has_stability else cells
 
     rows = [row(f"{r['task']} ({r['metric']})", format_percent(r["baseline"]), format_percent(r["model"]),
-                f"{format_percent(r['retention'])}%" if r["retention"] is not None else "", format_number(r["stability"], 3))
+                _ratio_percent(r["retention"]), format_number(r["stability"], 3))
             for r in comparison["tasks"]]
     mean = comparison["mean"]
     if len(comparison["tasks"]) > 1:
         rows.append(row("mean", format_percent(mean.get("baseline")), format_percent(mean.get("model")),
-                        f"{format_percent(mean['retention'])}%" if mean.get("retention") is not None else "",
+                        _ratio_percent(mean.get("retention")),
                         format_number(mean.get("stability"), 3)))
     for name, result in model["tasks"].items():
         if "perplexity" in result["metrics"]:
             base_ppl = baseline["tasks"][name]["metrics"]["perplexity"] if has_base else None
             rows.append(row(f"{name} perplexity", format_number(base_ppl), format_number(result["metrics"]["perplexity"]),
-                            _times(ratio(result["metrics"]["perplexity"], base_ppl))))
+                            _ratio_percent(ratio(result["metrics"]["perplexity"], base_ppl))))
     if model["perplexity"]:
         ppl = model["perplexity"]
         base_ppl = baseline["perplexity"]["perplexity"] if has_base and baseline["perplexity"] else None
         rows.append(row(f"perplexity ({Path(ppl['source']).name})", format_number(base_ppl), format_number(ppl["perplexity"]),
-                        _times(ratio(ppl["perplexity"], base_ppl))))
+                        _ratio_percent(ratio(ppl["perplexity"], base_ppl))))
     rows.append(row("parameters", _count(baseline["parameters"]) if has_base else "", _count(model["parameters"]),
-                    f"{format_percent(ratio(model['parameters'], baseline['parameters']))}%" if has_base else ""))
+                    _ratio_percent(ratio(model['parameters'], baseline['parameters'])) if has_base else ""))
     rows.append(row("layers", str(baseline["layers"]) if has_base else "", str(model["layers"])))
-    for key, label in (("perplexity_tokens_per_second", "speed, perplexity pass (tok/s)"),
-                       ("task_tokens_per_second", "speed, task scoring (tok/s)")):
+    for key, label in (("perplexity_tokens_per_second", "tok/s, perplexity pass*"),
+                       ("task_tokens_per_second", "tok/s, task scoring*")):
         if model["speed"][key] is not None:
             base_speed = baseline["speed"][key] if has_base else None
-            rows.append(row(label, format_number(base_speed, 0), format_number(model["speed"][key], 0),
-                            _times(ratio(model["speed"][key], base_speed))))
+            rows.append(row(label, format_number(base_speed, 0), format_number(model["speed"][key], 0)))
     return header, rows
+
+
+SPEED_NOTE = ("* indicative: each model's speed comes from its own evaluation pass, run at another time; "
+              "`layercut bench` measures speed-ups interleaved")
 
 
 def render_table(header: list[str], rows: list[list[str]]) -> str:
@@ -156,7 +164,7 @@ def settings_lines(report: dict[str, Any]) -> list[str]:
 
 def render_console(report: dict[str, Any]) -> str:
     header, rows = table_rows(report)
-    return "\n".join([*settings_lines(report), "", render_table(header, rows)])
+    return "\n".join([*settings_lines(report), "", render_table(header, rows), SPEED_NOTE])
 
 
 def render_markdown(report: dict[str, Any], plot_name: str | None = None) -> str:
@@ -164,7 +172,7 @@ def render_markdown(report: dict[str, Any], plot_name: str | None = None) -> str
     header, rows = table_rows(report)
     lines = ["# layercut evaluation", "", *(f"- {line}" for line in settings_lines(report)),
              f"- date: {report['date']}, layercut {report['layercut_version']}", "",
-             render_table(header, rows), ""]
+             render_table(header, rows), "", SPEED_NOTE, ""]
     if plot_name:
         lines += [f"![scores]({plot_name})", ""]
     return "\n".join(lines)
@@ -208,3 +216,44 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
         ax.set_ylabel("perplexity")
     figure.tight_layout()
     return save_figure_atomic(figure, path)
+
+
+def card_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The compact record of one evaluation kept in a checkpoint's layercut.json and model card."""
+    model, baseline = report["model"], report["baseline"]
+    summary: dict[str, Any] = {"date": report["date"], "baseline": report["settings"].get("baseline")}
+    if model["perplexity"]:
+        ppl = model["perplexity"]
+        summary["perplexity"] = {"source": ppl["source"], "value": round(ppl["perplexity"], 4),
+                                 "windows": ppl["windows"], "seq_len": ppl["seq_len"],
+                                 "baseline": round(baseline["perplexity"]["perplexity"], 4)
+                                 if baseline and baseline["perplexity"] else None}
+    if report["comparison"]["tasks"]:
+        summary["tasks"] = {row["task"]: {"metric": row["metric"], "score": round(row["model"], 4),
+                                          "baseline": None if row["baseline"] is None else round(row["baseline"], 4)}
+                            for row in report["comparison"]["tasks"]}
+        summary["limit"] = report["settings"].get("limit")
+        summary["num_fewshot"] = report["settings"].get("num_fewshot")
+    return summary
+
+
+def record_in_checkpoint(spec: str, report: dict[str, Any]) -> Path | None:
+    """Add an evaluation to a layercut checkpoint directory (its layercut.json and model card);
+    plain checkpoints that layercut did not write are left untouched. Returns the directory."""
+    from transformers import AutoConfig
+
+    from layercut.export import render_model_card, write_text_atomic
+    from layercut.loading import PROVENANCE_FILE
+
+    directory = Path(spec).expanduser()
+    provenance = directory / PROVENANCE_FILE
+    if not provenance.is_file() or not os.access(directory, os.W_OK):
+        return None
+    record = json.loads(provenance.read_text())
+    record.setdefault("evaluations", []).append(card_summary(report))
+    config = AutoConfig.from_pretrained(directory)
+    card = render_model_card(record.get("base_model", str(directory)), record.get("steps", []), config,
+                             report["model"]["parameters"], record["evaluations"])
+    write_text_atomic(provenance, json.dumps(record, indent=2, default=str))
+    write_text_atomic(directory / "README.md", card)
+    return directory
