@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -129,3 +130,24 @@ def test_save_checkpoint_writes_a_provenance_record(tmp_path):
     out = save_checkpoint(tiny_loaded("llama"), tmp_path / "out", {"command": "test"})
     assert json.loads((out / "layercut.json").read_text())["steps"][-1]["command"] == "test"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_offline_hub_ids_and_datasets_fail_fast_in_one_line(monkeypatch, capsys, tmp_path):
+    import layercut.data
+    import layercut.loading
+
+    monkeypatch.setattr(layercut.loading, "hub_reachable", lambda: False)
+    monkeypatch.setattr(layercut.data, "hub_reachable", lambda: False)
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(name, os.environ.get(name, "0"))
+    started = time.perf_counter()
+    code, err = run_cli(capsys, "eval", "--model", "someorg/no-such-model", "--ppl", "builtin:pydoc-eval")
+    assert code == 2
+    assert_one_line_error(err, "someorg/no-such-model", "unreachable", "local directory")
+    assert "Retry" not in err
+    pytest.importorskip("datasets")
+    code, err = run_cli(capsys, "prune", "--model", str(save_tiny(tmp_path / "tiny")), "--method", "angular",
+                        "--cut", "1", "--calib", "hf:no-such-dataset-xyz", "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert_one_line_error(err, "no-such-dataset-xyz", "unreachable")
+    assert time.perf_counter() - started < 60

@@ -61,5 +61,5 @@ def test_dtype_defaults():
 
 def test_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match="Hugging Face Hub"):
+    with pytest.raises(ModelLoadError, match="Hub is unreachable"):
         load_model("layercut-test/no-such-model", device="cpu")

@@ -8,6 +8,7 @@ disjoint halves), or, when online, a Hugging Face dataset written `hf:NAME[:CONF
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from layercut.errors import DataError
+from layercut.hub import hub_reachable, use_offline_datasets
 
 BUILTIN_SOURCES = ("builtin:pydoc-calib", "builtin:pydoc-eval")
 MAX_GARBAGE_SHARE = 0.05  # of characters (undecodable or control) or of tokens (byte fallback)
@@ -58,14 +60,20 @@ def load_hf_dataset(spec: str, default_split: str = "train") -> Any:
     parts = spec[len("hf:"):].split(":")
     name, config, split = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None), \
         (parts[2] if len(parts) > 2 else default_split)
-    try:
-        import datasets
-    except ImportError:
-        raise DataError("reading Hugging Face datasets needs the 'datasets' package: pip install 'layercut[hub]'") from None
+    if importlib.util.find_spec("datasets") is None:
+        raise DataError("reading Hugging Face datasets needs the 'datasets' package: pip install 'layercut[hub]'")
+    offline = not hub_reachable()
+    if offline:
+        use_offline_datasets()
+    import datasets
+
     try:
         return datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # network and hub errors come in many types
-        raise DataError(f"cannot load dataset '{name}' (offline?): {str(exc).splitlines()[0][:200]}; "
+        if offline:
+            raise DataError(f"cannot load dataset '{name}': the Hub is unreachable (offline) and it is not in the "
+                            "local datasets cache; pass a local text or JSONL file instead") from None
+        raise DataError(f"cannot load dataset '{name}': {str(exc).splitlines()[0][:200]}; "
                         "pass a local text or JSONL file instead") from None
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from layercut.adapters import ArchAdapter, get_adapter
 from layercut.errors import ConfigError, ModelLoadError
+from layercut.hub import hub_reachable
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -203,17 +204,19 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "auto",
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a float checkpoint loads in seconds; the bar is noise
+    local_only = not isinstance(location, Path) and not hub_reachable()
     try:
-        tokenizer = load_tokenizer(str(location), trust_remote_code)
+        tokenizer = load_tokenizer(str(location), trust_remote_code, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
             str(location), dtype=torch_dtype, trust_remote_code=trust_remote_code,
-            device_map=device_map)
+            device_map=device_map, local_files_only=local_only)
     except OSError as exc:
         if isinstance(location, Path):
             raise ModelLoadError(f"cannot load model from '{location}': {str(exc).splitlines()[0]}") from None
-        raise ModelLoadError(
-            f"'{spec}' is not a local path and could not be fetched from the Hugging Face Hub "
-            "(offline?); pass a local directory, a .gguf file or the alias smollm2-135m") from None
+        why = "the Hub is unreachable (offline) and it is not in the local Hugging Face cache" if local_only \
+            else "it could not be fetched from the Hugging Face Hub"
+        raise ModelLoadError(f"'{spec}' is not a local path and {why}; pass a local directory, a .gguf file "
+                             "or the alias smollm2-135m") from None
     except ValueError as exc:
         raise ModelLoadError(f"cannot load model '{spec}': {str(exc).splitlines()[0]}") from None
     finally:
