@@ -151,3 +151,49 @@ def test_offline_hub_ids_and_datasets_fail_fast_in_one_line(monkeypatch, capsys,
     assert code == 2
     assert_one_line_error(err, "no-such-dataset-xyz", "unreachable")
     assert time.perf_counter() - started < 60
+
+
+def test_unwritable_output_locations_are_refused_before_work(tmp_path):
+    from layercut.errors import OutputLocationError
+    from layercut.export import check_output_location
+
+    assert check_output_location(tmp_path / "new" / "deeper" / "out") == tmp_path / "new" / "deeper" / "out"
+    with pytest.raises(OutputLocationError, match="cannot be written"):
+        check_output_location("/proc/layercut-out")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(OutputLocationError, match="is a file"):
+        check_output_location(blocker / "out")
+
+
+def test_an_output_without_room_is_refused(tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    from layercut.errors import OutputLocationError
+    from layercut.export import check_output_location
+
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage._replace(free=100 * 2**20))
+    check_output_location(tmp_path / "out", needed_bytes=50 * 2**20)
+    with pytest.raises(OutputLocationError, match="needs about 539 MiB but only 100 MiB are free"):
+        check_output_location(tmp_path / "out", needed_bytes=539 * 2**20)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "phi3"])
+def test_checkpoint_size_estimate_matches_a_saved_checkpoint(family, tmp_path):
+    from layercut.loading import estimate_checkpoint_bytes, peek_config
+
+    directory = save_tiny(tmp_path / family, family)
+    config = peek_config(str(directory))
+    weights = sum(path.stat().st_size for path in directory.glob("*.safetensors"))
+    estimate = estimate_checkpoint_bytes(config)
+    assert abs(estimate - weights) / weights < 0.02
+
+
+def test_peek_config_reads_an_alias_and_refuses_missing_paths(tmp_path):
+    from layercut.errors import ModelLoadError
+    from layercut.loading import peek_config
+
+    assert peek_config("smollm2-135m").num_hidden_layers == 30
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        peek_config(str(tmp_path / "missing"))

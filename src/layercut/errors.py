@@ -28,6 +28,10 @@ class OutputExistsError(LayercutError):
     """The output path exists and --overwrite was not given."""
 
 
+class OutputLocationError(LayercutError):
+    """The output path cannot be written (read-only, not a folder) or its disk has no room."""
+
+
 class RecipeError(ConfigError):
     """A recipe file that cannot be read, does not validate, or whose step failed; the message names the line."""
 

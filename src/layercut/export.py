@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from layercut import __version__
-from layercut.errors import OutputExistsError
+from layercut.errors import OutputExistsError, OutputLocationError
 from layercut.finite import require_finite
 from layercut.loading import PROVENANCE_FILE, LoadedModel
 
@@ -34,6 +34,36 @@ def ensure_output_free(path: str | Path, overwrite: bool) -> Path:
 
 
 STAGING_MARK = ".tmp-"
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` or its closest ancestor that exists (where a new output would be created)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def check_output_location(path: str | Path, needed_bytes: int = 0, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output that cannot be created or has no room: the nearest existing
+    folder must accept a new file (read-only mounts and permissions included) and its file system
+    must have `needed_bytes` free, with 10% to spare."""
+    out = Path(path).expanduser()
+    parent = nearest_existing(out.parent)
+    if not parent.is_dir():
+        raise OutputLocationError(f"{flag} '{out}': '{parent}' is a file, not a folder; choose another path")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".layercut-probe-", dir=parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputLocationError(f"{flag} '{out}' cannot be written ({exc.strerror or exc} in '{parent}'); "
+                                  "choose a writable location") from None
+    free = shutil.disk_usage(parent).free
+    if needed_bytes and free < needed_bytes * 1.1:
+        raise OutputLocationError(f"{flag} '{out}' needs about {needed_bytes / 2**20:,.0f} MiB but only "
+                                  f"{free / 2**20:,.0f} MiB are free there; free some space or choose another path")
+    return out
 
 
 def current_umask() -> int:

@@ -231,3 +231,44 @@ def _finish(model: nn.Module, tokenizer: Any, dev: torch.device, device_map: Any
         model.to(dev)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, source=source, history=history)
+
+
+def peek_config(spec: str, trust_remote_code: bool = False) -> Any:
+    """The model config of `spec` without loading any weights (alias, directory, .gguf or hub id),
+    so commands can refuse what a model cannot do, and size their outputs, before the slow load."""
+    from transformers import AutoConfig
+
+    try:
+        if spec in ALIASES:
+            cached = cache_dir() / spec
+            if (cached / "config.json").is_file():
+                return AutoConfig.from_pretrained(cached)
+            gguf = alias_gguf_path(spec)
+            return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        path = Path(spec).expanduser()
+        if path.is_file() and path.suffix == ".gguf":
+            check_gguf_file(path)
+            return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelLoadError(f"'{path}' has no config.json; pass a Hugging Face model directory, "
+                                     "a .gguf file, an alias (smollm2-135m) or a hub id")
+            return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if path.exists() or _looks_like_path(spec):
+            raise ModelLoadError(f"model path '{spec}' does not exist; check the path, or use the alias smollm2-135m")
+        return AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code,
+                                          local_files_only=not hub_reachable())
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot read the config of '{spec}': {str(exc).splitlines()[0][:200]}; pass a "
+                             "Hugging Face model directory, a .gguf file, an alias (smollm2-135m) or a hub id") from None
+
+
+def estimate_checkpoint_bytes(config: Any, dtype: torch.dtype = torch.float32) -> int:
+    """The size of a safetensors checkpoint of `config` in `dtype`: the model is built on the meta
+    device (no memory, no weights) and its unique parameters are counted."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    unique = {id(param): param.numel() for param in model.parameters()}
+    return sum(unique.values()) * torch.empty((), dtype=dtype).element_size()
