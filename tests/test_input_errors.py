@@ -197,3 +197,25 @@ def test_peek_config_reads_an_alias_and_refuses_missing_paths(tmp_path):
     assert peek_config("smollm2-135m").num_hidden_layers == 30
     with pytest.raises(ModelLoadError, match="does not exist"):
         peek_config(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["prune", "--method", "nope", "--cut", "2", "--out", "x"], ["--method", "invalid choice 'nope'", "angular"]),
+    (["prunex"], ["invalid choice 'prunex'", "scan"]),
+    (["prune", "--method", "angular", "--cut", "2", "--samples", "0", "--out", "x"], ["--samples", "at least 1"]),
+    (["eval", "--ppl", "builtin:pydoc-eval", "--seq-len", "1"], ["--seq-len", "at least 2"]),
+    (["eval", "--limit", "many"], ["--limit", "not a whole number"]),
+])
+def test_argument_errors_are_one_line_before_anything_loads(argv, fragments, capsys, tmp_path, monkeypatch):
+    import layercut.loading
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(layercut.loading, "load_model", lambda *a, **k: pytest.fail("no model may load"))
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0] and "--help" in lines[0], lines
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert list(tmp_path.iterdir()) == []

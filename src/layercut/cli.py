@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from layercut import __version__
 from layercut.distributed import init_from_env, shutdown
@@ -24,8 +25,18 @@ COMMAND_MODULES = (
 )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the problem and where to look, instead
+    of argparse's full usage block (subcommand parsers inherit the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        message = message.replace("invalid choice: ", "invalid choice ").replace(" (choose from ", "; choose from ")
+        message = message.rstrip(")") if "; choose from " in message else message
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="layercut", description="Make causal LMs shallower and slimmer: scan, prune, slim, heal, evaluate, export.")
     parser.add_argument("--version", action="version", version=f"layercut {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

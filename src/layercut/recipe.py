@@ -191,6 +191,8 @@ class EvalStep(Step):
     report: str | None = None
     plot: str | None = None
     no_progress: bool | None = None
+    no_cache: bool | None = None
+    no_record: bool | None = None
 
     @field_validator("tasks")
     @classmethod

@@ -17,6 +17,23 @@ from layercut.loading import LoadedModel, load_model
 DEFAULT_MODEL = "smollm2-135m"
 
 
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= `minimum`, refused at parse time (before any model loads)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {value})")
+        return value
+    parse.__name__ = f"int>={minimum}"
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="alias (smollm2-135m), HF directory, .gguf file or hub id (default: %(default)s)")
@@ -33,9 +50,9 @@ def add_calib_args(parser: argparse.ArgumentParser, required: bool = False) -> N
     parser.add_argument("--calib", default=None if required else "builtin:pydoc-calib", required=required,
                         help="calibration text: .txt, .jsonl, builtin:pydoc-calib, or hf:NAME[:CONFIG][:SPLIT]")
     parser.add_argument("--text-field", default="text", help="JSONL / dataset field holding the text")
-    parser.add_argument("--samples", type=int, default=64, help="number of calibration windows")
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument("--samples", type=positive_int, default=64, help="number of calibration windows")
+    parser.add_argument("--seq-len", type=int_at_least(2), default=256, help="tokens per calibration window")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass")
 
 
 def add_eval_args(parser: argparse.ArgumentParser, window_flag: str = "--seq-len", batch_flag: str = "--batch-size",
@@ -47,15 +64,15 @@ def add_eval_args(parser: argparse.ArgumentParser, window_flag: str = "--seq-len
                        help="text for perplexity: .txt, .jsonl, builtin:pydoc-eval or hf:NAME[:CONFIG][:SPLIT]")
     group.add_argument(text_field_flag, dest="ppl_text_field", default="text", metavar="FIELD",
                        help="JSONL / dataset field holding the --ppl text")
-    group.add_argument("--max-tokens", type=int, help="cap the perplexity text at this many tokens (whole windows)")
-    group.add_argument(window_flag, dest="ppl_seq_len", type=int, metavar="TOKENS",
+    group.add_argument("--max-tokens", type=positive_int, help="cap the perplexity text at this many tokens (whole windows)")
+    group.add_argument(window_flag, dest="ppl_seq_len", type=int_at_least(2), metavar="TOKENS",
                        help="perplexity window length (default: model length, at most 2048)")
-    group.add_argument("--ppl-batch-size", type=int, default=1, help="perplexity windows per forward pass")
+    group.add_argument("--ppl-batch-size", type=positive_int, default=1, help="perplexity windows per forward pass")
     group.add_argument("--tasks", help="comma-separated task names, .jsonl paths or hf: datasets")
     group.add_argument("--tasks-dir", help="folder holding the task files of registered task names")
-    group.add_argument("--limit", type=int, help="evaluate only the first N items of each task")
-    group.add_argument("--num-fewshot", type=int, default=0, help="solved examples before each question")
-    group.add_argument(batch_flag, dest="task_batch_size", type=int, default=16, metavar="N",
+    group.add_argument("--limit", type=positive_int, help="evaluate only the first N items of each task")
+    group.add_argument("--num-fewshot", type=int_at_least(0), default=0, help="solved examples before each question")
+    group.add_argument(batch_flag, dest="task_batch_size", type=positive_int, default=16, metavar="N",
                        help="packed questions per forward pass")
 
 
