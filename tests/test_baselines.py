@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import random_windows, tiny_loaded
-from layercut.baselines import last_blocks, random_blocks, span_perplexities
+from layercut.methods.baselines import last_blocks, random_blocks, span_perplexities
 from layercut.errors import ConfigError
 from layercut.evaluation.perplexity import window_nll
 from layercut.loading import LoadedModel

@@ -12,7 +12,7 @@ from layercut.cli import main
 from layercut.speed import (bench_models, compute_profile, greedy_run, ideal_speedups, last_logits_only,
                             synthetic_prompts)
 from layercut.export import save_checkpoint
-from layercut.sublayers import zero_sublayers
+from layercut.methods.sublayers import zero_sublayers
 from layercut.surgery import remove_blocks
 
 

@@ -7,7 +7,7 @@ import torch
 
 from conftest import random_windows, tiny_loaded
 from layercut.errors import ConfigError
-from layercut.laco import LacoSettings, collapse, merge_blocks, merge_parameters
+from layercut.methods.laco import LacoSettings, collapse, merge_blocks, merge_parameters
 from layercut.prune import PruneRequest, prune
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import random_windows, tiny_loaded
-from layercut.capture import calibrate, collect_fit, fit_rows, forward_blocks
+from layercut.calibration.capture import calibrate, collect_fit, fit_rows, forward_blocks
 from layercut.errors import ConfigError, UnsupportedArchitectureError
 from layercut.prune import PruneRequest, prune
-from layercut.replaceme import cosine_loss, fit_cosine, fit_residual, fold_into_block, solve_lstsq
+from layercut.methods.replaceme import cosine_loss, fit_cosine, fit_residual, fold_into_block, solve_lstsq
 from layercut.surgery import remove_blocks
 
 

@@ -8,7 +8,7 @@ import torch
 from conftest import random_windows, tiny_loaded
 from layercut.export import save_checkpoint
 from layercut.prune import PruneRequest, prune
-from layercut.streamline import (StreamlineSettings, apply_replacement, capture_block_call, build_replacement,
+from layercut.methods.streamline import (StreamlineSettings, apply_replacement, capture_block_call, build_replacement,
                                  hidden_store, install_replacement)
 
 

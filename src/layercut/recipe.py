@@ -116,7 +116,7 @@ class PruneStep(CalibFields):
     @field_validator("select")
     @classmethod
     def known_score(cls, value: str | None) -> str | None:
-        from layercut.scores import SPAN_SCORES
+        from layercut.calibration.scores import SPAN_SCORES
 
         return one_of(value, list(SPAN_SCORES), "span score")
 
@@ -136,7 +136,7 @@ class SlimStep(Step):
     @field_validator("method")
     @classmethod
     def known_method(cls, value: str | None) -> str | None:
-        from layercut.prunenet import METHODS
+        from layercut.methods.prunenet import METHODS
 
         return one_of(value, list(METHODS), "slim method")
 

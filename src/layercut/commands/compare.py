@@ -15,7 +15,7 @@ from layercut.errors import ConfigError
 from layercut.evaluation.report import render_table
 from layercut.export import ensure_output_free, write_text_atomic
 from layercut.prune import METHODS, PruneRequest
-from layercut.sublayers import GRANULARITIES
+from layercut.methods.sublayers import GRANULARITIES
 
 DEFAULT_METHODS = "angular,shortgpt,last,replaceme-lstsq,replaceme-cosine,streamline-ffn,streamline-layer"
 

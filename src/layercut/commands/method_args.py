@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from layercut.baselines import PPL_SAMPLES
-from layercut.streamline import StreamlineSettings
+from layercut.methods.baselines import PPL_SAMPLES
+from layercut.methods.streamline import StreamlineSettings
 
 DEFAULT_SELECT = {"streamline-layer": "cosine", "streamline-ffn": "cosine"}
 

@@ -11,11 +11,11 @@ from layercut.distributed import is_main_process
 from layercut.errors import ConfigError
 from layercut.export import count_parameters, ensure_output_free, save_checkpoint
 from layercut.heal import build_config, heal, heal_step_record
-from layercut.laco import LacoSettings
+from layercut.methods.laco import LacoSettings
 from layercut.loading import LoadedModel
 from layercut.onload import OFFLOAD_CHOICES, check_offload_supported, load_onloaded, materialize
 from layercut.prune import METHODS, PruneOutcome, PruneRequest, prune
-from layercut.sublayers import GRANULARITIES
+from layercut.methods.sublayers import GRANULARITIES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

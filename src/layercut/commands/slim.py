@@ -8,7 +8,7 @@ from pathlib import Path
 from layercut.commands.common import add_model_args, add_output_args, load_from_args
 from layercut.errors import ConfigError
 from layercut.export import ensure_output_free, save_checkpoint
-from layercut.prunenet import METHODS, PolicyConfig, slim_model
+from layercut.methods.prunenet import METHODS, PolicyConfig, slim_model
 from layercut.slicing import keep_count
 
 

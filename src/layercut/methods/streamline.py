@@ -28,11 +28,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from layercut.adapters import get_path
-from layercut.capture import calibrate, first_tensor, forward_blocks
+from layercut.calibration.capture import calibrate, first_tensor, forward_blocks
 from layercut.errors import ConfigError, UnsupportedArchitectureError
 from layercut.loading import LoadedModel
-from layercut.scores import redundancy
-from layercut.selection import choose_spans
+from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.calibration.scores import redundancy
+from layercut.calibration.selection import choose_spans
 from layercut.surgery import remove_blocks
 
 KINDS = ("layer", "ffn")
@@ -350,7 +351,7 @@ def lm_loss_stage(loaded: LoadedModel, windows: torch.Tensor, block_index: int, 
     return losses
 
 
-def choose_span(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> tuple[int, dict[str, Any]]:
+def choose_span(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> tuple[int, dict[str, Any]]:
     """The span start: `request.start`, else the most redundant span of `request.cut` blocks by `request.select`."""
     if request.start is not None:
         return request.start, {}
@@ -365,10 +366,8 @@ def choose_span(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> tup
                    "span_scores": redundancy(scan, request.select).abs().tolist()}
 
 
-def streamline(loaded: LoadedModel, windows: torch.Tensor, request: Any, kind: str) -> Any:
+def streamline(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest, kind: str) -> PruneOutcome:
     """Choose a span, train its replacement on captured hidden states, install it; returns a PruneOutcome."""
-    from layercut.prune import PruneOutcome
-
     if kind not in KINDS:
         raise ValueError(f"unknown replacement kind {kind}")
     if loaded.onload is not None:
@@ -395,11 +394,13 @@ def streamline(loaded: LoadedModel, windows: torch.Tensor, request: Any, kind: s
     return PruneOutcome(request.method, removed, [start], span_len, scores=scores, details=details)
 
 
-def streamline_layer(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+@register("streamline-layer")
+def streamline_layer(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
     """`--method streamline-layer`: one decoder layer (initialised from the span's first block) replaces the span."""
     return streamline(loaded, windows, request, "layer")
 
 
-def streamline_ffn(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+@register("streamline-ffn")
+def streamline_ffn(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
     """`--method streamline-ffn`: an FFN (MLP + pre-norm, from the span's first block) replaces the span."""
     return streamline(loaded, windows, request, "ffn")

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from layercut.distributed import all_reduce_sum, rank_and_world, shard_windows
 from layercut.loading import LoadedModel
-from layercut.scores import ScanStats
+from layercut.calibration.scores import ScanStats
 
 
 class _StopForward(Exception):

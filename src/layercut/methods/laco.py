@@ -18,7 +18,8 @@ from torch import nn
 
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
-from layercut.scores import cosine_rows
+from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.calibration.scores import cosine_rows
 from layercut.surgery import remove_blocks
 
 
@@ -118,10 +119,9 @@ def collapse(loaded: LoadedModel, windows: torch.Tensor, cut: int, settings: Lac
     return remove_blocks(loaded, removed), trials
 
 
-def laco(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+@register("laco")
+def laco(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
     """`--method laco`: layer collapse with the calibration-similarity check."""
-    from layercut.prune import PruneOutcome
-
     settings = LacoSettings.from_extra(request.extra, request.min_start)
     removed, trials = collapse(loaded, windows, request.cut, settings, request.batch_size)
     merged_into = sorted({t["into"] for t in trials if t["accepted"]})

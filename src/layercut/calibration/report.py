@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from layercut.export import save_figure_atomic
-from layercut.scores import SPAN_SCORES, ScanStats, redundancy
+from layercut.calibration.scores import SPAN_SCORES, ScanStats, redundancy
 
 
 def scan_to_dict(stats: ScanStats) -> dict[str, Any]:

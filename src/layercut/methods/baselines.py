@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from layercut.capture import calibrate
+from layercut.calibration.capture import calibrate
 from layercut.errors import ConfigError
 from layercut.evaluation.perplexity import window_nll
 from layercut.loading import LoadedModel
-from layercut.selection import lowest_scores
+from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.calibration.selection import lowest_scores
 from layercut.surgery import remove_blocks
 
 PPL_SAMPLES = 16
@@ -37,14 +38,13 @@ def random_blocks(num_layers: int, cut: int, seed: int) -> list[int]:
     return sorted(int(i) for i in torch.randperm(num_layers - 1, generator=generator)[:cut])
 
 
-def _outcome(request: Any, removed: list[int], scores: dict[str, Any] | None = None,
-             details: dict[str, Any] | None = None) -> Any:
-    from layercut.prune import PruneOutcome
-
+def _outcome(request: PruneRequest, removed: list[int], scores: dict[str, Any] | None = None,
+             details: dict[str, Any] | None = None) -> PruneOutcome:
     return PruneOutcome(request.method, removed, removed, 1, scores=scores or {}, details=details or {})
 
 
-def shortgpt(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+@register("shortgpt")
+def shortgpt(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
     """ShortGPT: delete the `cut` blocks with the lowest Block Influence on the calibration windows."""
     calibration = calibrate(loaded, windows, request.batch_size, progress=request.progress)
     influence = calibration.scan.block_influence()
@@ -53,12 +53,14 @@ def shortgpt(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
                                        "calibration_tokens": int(calibration.scan.tokens)})
 
 
-def drop_last(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+@register("last")
+def drop_last(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
     """Delete the `cut` blocks just before the final one (no calibration)."""
     return _outcome(request, remove_blocks(loaded, last_blocks(loaded.num_layers, request.cut)))
 
 
-def drop_random(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+@register("random")
+def drop_random(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
     """Delete `cut` random blocks (seeded; no calibration)."""
     blocks = random_blocks(loaded.num_layers, request.cut, request.seed)
     return _outcome(request, remove_blocks(loaded, blocks), details={"seed": request.seed})
@@ -86,7 +88,8 @@ def span_perplexities(loaded: LoadedModel, windows: torch.Tensor, span_len: int,
     return results
 
 
-def drop_by_perplexity(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+@register("ppl")
+def drop_by_perplexity(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
     """Delete the contiguous span whose removal keeps calibration perplexity lowest (exhaustive search)."""
     samples = int(request.extra.get("ppl_samples", PPL_SAMPLES))
     if samples < 1:
