@@ -23,7 +23,7 @@ import torch
 from layercut.commands.common import seed_everything
 from layercut.data import calibration_windows
 from layercut.evaluation.perplexity import text_perplexity
-from layercut.heal import build_config, heal
+from layercut.healing.trainer import build_config, heal
 from layercut.methods.chop import chop_layers
 from layercut.loading import LoadedModel, load_model
 from layercut.prune import PruneRequest, prune

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
-import layercut.heal as heal_module
+import layercut.healing.trainer as heal_module
 from layercut import cli
 from layercut.data import builtin_text
 from layercut.errors import ConfigError, DataError
 from layercut.export import save_checkpoint
-from layercut.heal import NonFiniteLossError, build_config, export_healed, heal
+from layercut.healing.trainer import NonFiniteLossError, build_config, export_healed, heal
 from layercut.methods.chop import chop_layers
 from layercut.healing.lora import add_lora, merge_lora
 from layercut.healing.losses import kd_loss

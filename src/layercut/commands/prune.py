@@ -10,7 +10,7 @@ from layercut.commands.method_args import add_method_args, method_extra, select_
 from layercut.distributed import is_main_process
 from layercut.errors import ConfigError
 from layercut.export import count_parameters, ensure_output_free, save_checkpoint
-from layercut.heal import build_config, heal, heal_step_record
+from layercut.healing.trainer import build_config, heal, heal_step_record
 from layercut.methods.laco import LacoSettings
 from layercut.loading import LoadedModel
 from layercut.onload import OFFLOAD_CHOICES, check_offload_supported, load_onloaded, materialize
