@@ -24,8 +24,8 @@ from layercut.commands.common import seed_everything
 from layercut.data import calibration_windows
 from layercut.evaluation.perplexity import text_perplexity
 from layercut.healing.trainer import build_config, heal
-from layercut.methods.chop import chop_layers
 from layercut.loading import LoadedModel, load_model
+from layercut.methods.chop import chop_layers
 from layercut.prune import PruneRequest, prune
 from layercut.surgery import remove_blocks
 

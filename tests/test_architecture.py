@@ -87,3 +87,13 @@ def test_import_graph_resolves_submodules_and_relative_imports(tmp_path: Path) -
 def test_layercut_imports_have_no_cycle() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_methods_never_import_the_dispatcher_or_the_front_ends() -> None:
+    """Methods sit below `layercut.prune`, the commands and recipes, which find them through the registry."""
+    graph = import_graph()
+    above = {"layercut.prune", "layercut.recipe", "layercut.cli", "layercut.compare"}
+    for name, targets in graph.items():
+        if name.startswith("layercut.methods"):
+            bad = {t for t in targets if t in above or t.startswith("layercut.commands")}
+            assert not bad, f"{name} imports {sorted(bad)}"

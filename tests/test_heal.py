@@ -17,11 +17,11 @@ from layercut import cli
 from layercut.data import builtin_text
 from layercut.errors import ConfigError, DataError
 from layercut.export import save_checkpoint
-from layercut.healing.trainer import NonFiniteLossError, build_config, export_healed, heal
-from layercut.methods.chop import chop_layers
 from layercut.healing.lora import add_lora, merge_lora
 from layercut.healing.losses import kd_loss
 from layercut.healing.schedule import batch_indices, lr_factor, planned_steps
+from layercut.healing.trainer import NonFiniteLossError, build_config, export_healed, heal
+from layercut.methods.chop import chop_layers
 from tests.conftest import random_windows, tiny_loaded
 
 

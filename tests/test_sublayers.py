@@ -7,12 +7,12 @@ import torch
 
 from conftest import random_windows, tiny_loaded
 from layercut.calibration.capture import forward_blocks
+from layercut.calibration.linear_error import scan_linear_errors
+from layercut.calibration.scores import angular_distance
 from layercut.cli import main
 from layercut.export import save_checkpoint
-from layercut.calibration.linear_error import scan_linear_errors
-from layercut.prune import PruneRequest, prune
-from layercut.calibration.scores import angular_distance
 from layercut.methods.sublayers import removed_sublayers, scan_sublayers, zero_sublayers
+from layercut.prune import PruneRequest, prune
 
 
 def _changed_parameters(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:

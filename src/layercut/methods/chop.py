@@ -7,7 +7,7 @@ import torch
 
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
-from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.methods.base import NoOptions, PruneOutcome, PruneRequest, register
 from layercut.surgery import remove_blocks
 
 
@@ -28,7 +28,8 @@ def chop_layers(num_layers: int, cut: int) -> list[int]:
 
 
 @register("chop")
-def chop(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
+def chop(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
+         options: NoOptions) -> PruneOutcome:
     """LayerChop: drop the contiguous run `chop_layers` picks (first and last block kept); no calibration."""
     removed = remove_blocks(loaded, chop_layers(loaded.num_layers, request.cut))
     return PruneOutcome(request.method, removed, [removed[0]], len(removed))

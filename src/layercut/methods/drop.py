@@ -8,13 +8,14 @@ import torch
 from layercut.calibration.capture import calibrate
 from layercut.calibration.selection import spans_to_blocks
 from layercut.loading import LoadedModel
-from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.methods.base import NoOptions, PruneOutcome, PruneRequest, register
 from layercut.methods.spans import place_spans, span_summary
 from layercut.surgery import remove_blocks
 
 
 @register("angular")
-def drop_spans(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
+def drop_spans(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
+               options: NoOptions) -> PruneOutcome:
     """Gromov et al.: remove the most redundant span(s) by the selected score, no replacement."""
     min_start = 0 if request.min_start is None else request.min_start
     calibration = calibrate(loaded, windows, request.batch_size, progress=request.progress)

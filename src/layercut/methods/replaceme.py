@@ -7,18 +7,49 @@ down-projection so the pruned model has no extra parameters.
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import torch
+from pydantic import Field
 from tqdm.auto import tqdm
 
-from layercut.calibration.capture import LinearFitStats, calibrate, collect_fit, fit_memory_bytes
+from layercut.calibration.capture import FIT_WEIGHTINGS, LinearFitStats, calibrate, collect_fit, fit_memory_bytes
 from layercut.calibration.selection import spans_to_blocks
-from layercut.errors import ConfigError, UnsupportedArchitectureError
+from layercut.errors import UnsupportedArchitectureError
 from layercut.linear import fold_right_matrix
 from layercut.loading import LoadedModel
-from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
 from layercut.methods.spans import place_spans, span_summary
 from layercut.onload import materialize
 from layercut.surgery import remove_blocks
+
+
+class ReplaceMeSettings(MethodOptions):
+    """How the least-squares map is fitted (both ReplaceMe methods)."""
+
+    title: ClassVar[str] = "replaceme-lstsq / replaceme-cosine (ReplaceMe)"
+    alpha: float = Field(0.0, ge=0.0, description="ridge penalty of the least-squares map")
+    fit_weighting: Literal[FIT_WEIGHTINGS] = Field(  # type: ignore[valid-type]
+        "none", description="least-squares token weights: none, or unit-target (1/||L_t||^2, so massive-activation "
+                            "tokens do not dominate)")
+    fit_memory_budget: float = Field(4.0, gt=0.0, description="GiB allowed for least-squares sums of every candidate "
+                                                              "cut in one pass; above it a second pass fits only the "
+                                                              "chosen cut")
+    allow_massive_cut: bool = Field(False, description="let ReplaceMe cut a block that creates massive activations "
+                                                       "(excluded by default: no linear map reproduces them)")
+
+
+class CosineSettings(ReplaceMeSettings):
+    """The cosine refinement of `replaceme-cosine`."""
+
+    title: ClassVar[str] = "replaceme-cosine"
+    cosine_epochs: int = Field(10, ge=1, description="Adam epochs over the kept token rows")
+    cosine_lr: float = Field(1e-4, gt=0.0, description="Adam learning rate")
+    cosine_batch_tokens: int = Field(1024, ge=1, description="token rows per Adam step")
+    cosine_tokens: int = Field(65536, ge=1, description="token rows kept for the cosine fit")
+    cosine_init: Literal["lstsq", "identity"] = Field("lstsq", description="start from the lstsq map or the identity")
+    cosine_objective: Literal["full", "residual"] = Field(
+        "full", description="full: cos(MT+Y, L); residual: cos(MT, L-Y) as the reference code")
 
 
 def solve_lstsq(gram: torch.Tensor, cross: torch.Tensor, alpha: float = 0.0) -> torch.Tensor:
@@ -88,20 +119,22 @@ def fold_into_block(loaded: LoadedModel, block_index: int, transform: torch.Tens
     fold_right_matrix(adapter.down_proj(block), transform)
 
 
-def replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest, cosine: bool) -> PruneOutcome:
+def replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest, settings: ReplaceMeSettings
+              ) -> PruneOutcome:
     """Choose the span(s), fit one map per span (least squares, then the cosine refinement if asked),
     fold each map into the block before its span and remove the span."""
     span_len = request.cut // request.num_cuts
     min_start = max(1, 1 if request.min_start is None else request.min_start)
+    cosine = isinstance(settings, CosineSettings)
     dim = loaded.model.config.hidden_size
     candidates = [request.start] if request.start is not None else \
         list(range(min_start, loaded.num_layers - span_len + 1))
     fold_blocks = [k - 1 for k in candidates if k >= 1]
-    one_pass = not cosine and fit_memory_bytes(dim, len(fold_blocks)) <= request.fit_memory_budget * 2**30
+    one_pass = not cosine and fit_memory_bytes(dim, len(fold_blocks)) <= settings.fit_memory_budget * 2**30
     calibration = calibrate(loaded, windows, request.batch_size, cut=span_len,
-                            fold_blocks=fold_blocks if one_pass else (), fit_weighting=request.fit_weighting,
+                            fold_blocks=fold_blocks if one_pass else (), fit_weighting=settings.fit_weighting,
                             progress=request.progress)
-    protected = tuple(calibration.scan.massive_creators()) if request.protect_massive else ()
+    protected = tuple(calibration.scan.massive_creators()) if not settings.allow_massive_cut else ()
     starts = place_spans(loaded, calibration, request, min_start, gap=1, protected=protected)
     transforms, details = {}, {"single_pass": one_pass, "protected_blocks": list(protected), "cuts": []}
     for start in starts:
@@ -110,20 +143,20 @@ def replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
         if one_pass:
             stats: LinearFitStats = calibration.fits[fold_block]
         else:
-            keep_rows = request.cosine_tokens if cosine else 0
+            keep_rows = settings.cosine_tokens if cosine else 0
             stats, rows = collect_fit(loaded, windows, fold_block, span_len, request.batch_size,
                                       keep_rows=keep_rows, seed=request.seed,
-                                      fit_weighting=request.fit_weighting, progress=request.progress)
-        transform = solve_lstsq(stats.gram, stats.cross, request.alpha)
+                                      fit_weighting=settings.fit_weighting, progress=request.progress)
+        transform = solve_lstsq(stats.gram, stats.cross, settings.alpha)
         cut_info = {"start": start, "fold_block": fold_block, "tokens": int(stats.tokens),
                     "output_sq": float(stats.output_sq),
                     "lstsq_residual": fit_residual(stats.gram, stats.cross, stats.target_sq, transform),
                     "identity_residual": fit_residual(stats.gram, stats.cross, stats.target_sq,
                                                       torch.eye(dim, dtype=torch.float64))}
         if cosine:
-            init = transform if request.cosine_init == "lstsq" else torch.eye(dim, dtype=torch.float64)
-            transform = fit_cosine(rows, init, lr=request.cosine_lr, epochs=request.cosine_epochs,
-                                   batch_tokens=request.cosine_batch_tokens, objective=request.cosine_objective,
+            init = transform if settings.cosine_init == "lstsq" else torch.eye(dim, dtype=torch.float64)
+            transform = fit_cosine(rows, init, lr=settings.cosine_lr, epochs=settings.cosine_epochs,
+                                   batch_tokens=settings.cosine_batch_tokens, objective=settings.cosine_objective,
                                    seed=request.seed, progress=request.progress)
             cut_info["cosine_rows"] = int(rows[0].shape[0])
             cut_info["cosine_residual"] = fit_residual(stats.gram, stats.cross, stats.target_sq, transform)
@@ -137,17 +170,15 @@ def replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
                         scores=span_summary(calibration, request.select, starts, span_len), details=details)
 
 
-@register("replaceme-lstsq")
-def replaceme_lstsq(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
+@register("replaceme-lstsq", ReplaceMeSettings)
+def replaceme_lstsq(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
+                    settings: ReplaceMeSettings) -> PruneOutcome:
     """ReplaceMe with the closed-form (ridge) least-squares map."""
-    return replaceme(loaded, windows, request, cosine=False)
+    return replaceme(loaded, windows, request, settings)
 
 
-@register("replaceme-cosine")
-def replaceme_cosine(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
+@register("replaceme-cosine", CosineSettings)
+def replaceme_cosine(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
+                     settings: CosineSettings) -> PruneOutcome:
     """ReplaceMe with the map refined by the cosine objective (Adam, from the LS solution by default)."""
-    if request.cosine_init not in ("lstsq", "identity"):
-        raise ConfigError(f"unknown --cosine-init '{request.cosine_init}'; use lstsq or identity")
-    if request.cosine_objective not in ("full", "residual"):
-        raise ConfigError(f"unknown --cosine-objective '{request.cosine_objective}'; use full or residual")
-    return replaceme(loaded, windows, request, cosine=True)
+    return replaceme(loaded, windows, request, settings)

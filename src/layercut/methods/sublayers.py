@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from layercut.calibration.capture import forward_blocks, real_token_rows
+from layercut.calibration.scores import angular_distance, cosine_rows
+from layercut.calibration.selection import lowest_scores
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
 from layercut.methods.base import PruneOutcome, PruneRequest
-from layercut.calibration.scores import angular_distance, cosine_rows
-from layercut.calibration.selection import lowest_scores
 
 GRANULARITIES = ("block", "attn", "mlp")
 SUBLAYER_PARTS = ("attn", "mlp")
