@@ -23,8 +23,9 @@ import torch
 from layercut.commands.common import seed_everything
 from layercut.data import calibration_windows
 from layercut.evaluation.perplexity import text_perplexity
-from layercut.heal import build_config, chop_layers, heal
+from layercut.healing.trainer import build_config, heal
 from layercut.loading import LoadedModel, load_model
+from layercut.methods.chop import chop_layers
 from layercut.prune import PruneRequest, prune
 from layercut.surgery import remove_blocks
 

@@ -22,7 +22,7 @@ import torch
 from layercut.evaluation.perplexity import text_perplexity
 from layercut.linear import weight_out_in
 from layercut.loading import LoadedModel, load_model
-from layercut.prunenet import neuron_weights, top_rows
+from layercut.methods.prunenet import neuron_weights, top_rows
 from layercut.slicing import keep_count, slice_ffn
 
 TEST_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "wikitext2_raw_test.txt"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 
-from layercut.capture import calibrate
+from layercut.calibration.capture import calibrate
 from layercut.data import calibration_windows
 from layercut.evaluation.perplexity import text_perplexity
 from layercut.loading import load_model

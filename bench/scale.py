@@ -29,7 +29,7 @@ LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 
 def calibration_pass(loaded, samples: int, seq_len: int, batch_size: int, cut: int):
     """The one-pass calibration of ReplaceMe-LS on the built-in calibration text."""
-    from layercut.capture import calibrate
+    from layercut.calibration.capture import calibrate
     from layercut.data import calibration_windows
 
     windows = calibration_windows(loaded.tokenizer, "builtin:pydoc-calib", samples, seq_len, 0)

@@ -27,7 +27,7 @@ from layercut.evaluation.tasks import Task, load_task
 from layercut.evaluation.zeroshot import evaluate_task
 from layercut.export import count_parameters
 from layercut.loading import LoadedModel, load_model
-from layercut.prunenet import PolicyConfig, slim_model
+from layercut.methods.prunenet import PolicyConfig, slim_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PROMPT = "The history of the city begins in the early middle ages, when"

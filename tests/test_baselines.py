@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import random_windows, tiny_loaded
-from layercut.baselines import last_blocks, random_blocks, span_perplexities
 from layercut.errors import ConfigError
 from layercut.evaluation.perplexity import window_nll
 from layercut.loading import LoadedModel
+from layercut.methods.baselines import last_blocks, random_blocks, span_perplexities
 from layercut.prune import PruneRequest, prune
 from layercut.surgery import remove_blocks
 
@@ -74,7 +74,7 @@ def test_ppl_picks_the_span_with_lowest_perplexity_by_hand():
     scanned = span_perplexities(loaded, windows[:4], 2, progress=False)
     assert scanned == pytest.approx(by_hand, rel=1e-5)
     assert loaded.num_layers == 6
-    outcome = prune(loaded, windows, _request("ppl", extra={"ppl_samples": 4}))
+    outcome = prune(loaded, windows, _request("ppl", options={"ppl_samples": 4}))
     best = min(by_hand, key=by_hand.get)
     assert outcome.removed == [best, best + 1] and outcome.span_starts == [best]
 

@@ -9,10 +9,10 @@ import torch
 
 from conftest import tiny_loaded
 from layercut.cli import main
+from layercut.export import save_checkpoint
+from layercut.methods.sublayers import zero_sublayers
 from layercut.speed import (bench_models, compute_profile, greedy_run, ideal_speedups, last_logits_only,
                             synthetic_prompts)
-from layercut.export import save_checkpoint
-from layercut.sublayers import zero_sublayers
 from layercut.surgery import remove_blocks
 
 

@@ -16,6 +16,7 @@ from layercut.evaluation.tasks import load_task
 from layercut.prune import PruneRequest
 
 METHODS = ["angular", "shortgpt", "last", "random", "ppl", "replaceme-lstsq", "streamline-ffn", "streamline-layer"]
+QUICK_OPTIONS = {"ppl": {"ppl_samples": 2}, "streamline-ffn": {"epochs": 1}, "streamline-layer": {"epochs": 1}}
 
 
 def _choice_task(tmp_path):
@@ -37,7 +38,7 @@ def test_compare_table_has_every_method_and_leaves_dense_untouched(tmp_path, tex
     dense = tiny_loaded("llama")
     before = {name: value.clone() for name, value in dense.model.state_dict().items()}
     requests = [PruneRequest(method=name, cut=2, select="cosine" if name.startswith("streamline") else "angular",
-                             progress=False, extra={"epochs": 1, "ppl_samples": 2}) for name in METHODS]
+                             progress=False, options=QUICK_OPTIONS.get(name, {})) for name in METHODS]
     task = load_task(str(_choice_task(tmp_path)), None, None, 0)
     report = compare_methods(dense, random_windows(6, 16), requests, [task],
                              PerplexitySettings(str(ppl_text), seq_len=64, max_tokens=256), progress=False)

@@ -12,15 +12,16 @@ import torch
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
-import layercut.heal as heal_module
+import layercut.healing.trainer as heal_module
 from layercut import cli
 from layercut.data import builtin_text
 from layercut.errors import ConfigError, DataError
 from layercut.export import save_checkpoint
-from layercut.heal import NonFiniteLossError, build_config, chop_layers, export_healed, heal
 from layercut.healing.lora import add_lora, merge_lora
 from layercut.healing.losses import kd_loss
 from layercut.healing.schedule import batch_indices, lr_factor, planned_steps
+from layercut.healing.trainer import NonFiniteLossError, build_config, export_healed, heal
+from layercut.methods.chop import chop_layers
 from tests.conftest import random_windows, tiny_loaded
 
 

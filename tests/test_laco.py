@@ -7,7 +7,7 @@ import torch
 
 from conftest import random_windows, tiny_loaded
 from layercut.errors import ConfigError
-from layercut.laco import LacoSettings, collapse, merge_blocks, merge_parameters
+from layercut.methods.laco import LacoSettings, collapse, merge_blocks, merge_parameters
 from layercut.prune import PruneRequest, prune
 
 
@@ -28,7 +28,7 @@ def test_merging_a_layer_with_itself_equals_the_layer():
 def test_laco_removes_cut_blocks_and_records_trials():
     loaded = tiny_loaded("llama", num_layers=8)
     outcome = prune(loaded, random_windows(), PruneRequest(method="laco", cut=3, progress=False,
-                                                           extra={"laco_threshold": -1.0, "laco_layers": 2}))
+                                                           options={"laco_threshold": -1.0, "laco_layers": 2}))
     assert loaded.num_layers == 5 and len(outcome.removed) == 3
     trials = outcome.details["laco"]["trials"]
     assert all(t["accepted"] for t in trials) and sorted(i for t in trials for i in t["merged"]) == outcome.removed
@@ -51,7 +51,7 @@ def test_rejected_merges_are_undone_and_reported():
     loaded = tiny_loaded("llama")
     before = {name: p.detach().clone() for name, p in loaded.model.named_parameters()}
     with pytest.raises(ConfigError, match="laco-threshold"):
-        collapse(loaded, random_windows(), 2, LacoSettings(threshold=1.01))
+        collapse(loaded, random_windows(), 2, LacoSettings(threshold=1.0))
     assert loaded.num_layers == 6
     for name, param in loaded.model.named_parameters():
         assert torch.equal(param, before[name])

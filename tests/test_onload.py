@@ -11,7 +11,7 @@ import torch
 from conftest import make_tokenizer, random_windows, save_tiny, tiny_config
 from safetensors.torch import load_file
 
-from layercut.capture import calibrate, collect_fit
+from layercut.calibration.capture import calibrate, collect_fit
 from layercut.cli import main
 from layercut.loading import load_model
 from layercut.onload import load_onloaded, materialize
@@ -62,7 +62,7 @@ def test_offload_needs_a_local_checkpoint(capsys):
 
 PEAK_SCRIPT = """
 import resource, sys, torch
-from layercut.capture import calibrate
+from layercut.calibration.capture import calibrate
 from layercut.loading import load_model
 from layercut.onload import load_onloaded
 directory, mode = sys.argv[1], sys.argv[2]

@@ -14,7 +14,7 @@ from conftest import random_windows, tiny_loaded
 from layercut.commands import slim as slim_command
 from layercut.errors import ConfigError, LayercutError
 from layercut.export import save_checkpoint
-from layercut.prunenet import (PolicyConfig, PrunePolicy, bernoulli_log_prob, discounts, kl_to_half,
+from layercut.methods.prunenet import (PolicyConfig, PrunePolicy, bernoulli_log_prob, discounts, kl_to_half,
                                learn_policy, load_policy, magnitude_keep, neuron_weights, policy_keep,
                                ks_statistic, save_policy, singular_values, slim_model, spectral_reward)
 from layercut.slicing import ffn_width, keep_count

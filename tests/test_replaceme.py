@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import random_windows, tiny_loaded
-from layercut.capture import calibrate, collect_fit, fit_rows, forward_blocks
+from layercut.calibration.capture import calibrate, collect_fit, fit_rows, forward_blocks
 from layercut.errors import ConfigError, UnsupportedArchitectureError
+from layercut.methods.replaceme import cosine_loss, fit_cosine, fit_residual, fold_into_block, solve_lstsq
 from layercut.prune import PruneRequest, prune
-from layercut.replaceme import cosine_loss, fit_cosine, fit_residual, fold_into_block, solve_lstsq
 from layercut.surgery import remove_blocks
 
 
@@ -128,8 +128,8 @@ def test_cosine_method_runs_deterministically():
     runs = []
     for _ in range(2):
         loaded = tiny_loaded("llama", num_layers=6)
-        prune(loaded, random_windows(4, 16), PruneRequest(method="replaceme-cosine", cut=2, cosine_epochs=2,
-                                                          progress=False, seed=3))
+        request = PruneRequest(method="replaceme-cosine", cut=2, options={"cosine_epochs": 2}, progress=False, seed=3)
+        prune(loaded, random_windows(4, 16), request)
         runs.append(loaded.adapter.down_proj(loaded.adapter.blocks(loaded.model)[0]).weight.clone())
     assert torch.equal(runs[0], runs[1])
 

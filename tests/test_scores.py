@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import random_windows, tiny_loaded
-from layercut.capture import calibrate
-from layercut.scores import ScanStats, angular_distance, cosine_rows, last_token_index
-from layercut.selection import choose_spans, lowest_scores
+from layercut.calibration.capture import calibrate
+from layercut.calibration.scores import ScanStats, angular_distance, cosine_rows, last_token_index
+from layercut.calibration.selection import choose_spans, lowest_scores
 
 
 def test_cosine_and_angular_match_formulas():

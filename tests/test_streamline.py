@@ -7,13 +7,14 @@ import torch
 
 from conftest import random_windows, tiny_loaded
 from layercut.export import save_checkpoint
+from layercut.methods.base import resolve_options
+from layercut.methods.streamline import (StreamlineSettings, apply_replacement, build_replacement, capture_block_call,
+                                         hidden_store, install_replacement)
 from layercut.prune import PruneRequest, prune
-from layercut.streamline import (StreamlineSettings, apply_replacement, capture_block_call, build_replacement,
-                                 hidden_store, install_replacement)
 
 
-def _request(method: str, **extra) -> PruneRequest:
-    return PruneRequest(method=method, cut=3, select="cosine", progress=False, extra={"epochs": 3, **extra})
+def _request(method: str, **options) -> PruneRequest:
+    return PruneRequest(method=method, cut=3, select="cosine", progress=False, options={"epochs": 3, **options})
 
 
 def _perturb(module: torch.nn.Module, seed: int = 1) -> None:
@@ -121,12 +122,15 @@ def test_lm_loss_stage_trains_only_the_replacement():
     assert float(out_proj.weight.detach().abs().sum()) == 0.0
 
 
-def test_settings_from_extra_validate():
-    assert StreamlineSettings.from_extra({"epochs": "2", "lr": "1e-3"}).epochs == 2
+def test_settings_validate_and_name_the_flag():
+    assert resolve_options(StreamlineSettings, {"epochs": "2", "lr": "1e-3"}).epochs == 2
+    assert resolve_options(StreamlineSettings, {"streamline_memory": 0.5}).memory_gib == 0.5
     from layercut.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--epochs"):
-        StreamlineSettings.from_extra({"epochs": 0})
+        resolve_options(StreamlineSettings, {"epochs": 0})
+    with pytest.raises(ConfigError, match="--laco-layers is not an option"):
+        resolve_options(StreamlineSettings, {"laco_layers": 2})
 
 
 def test_ffn_refused_where_mlp_output_is_normalised():

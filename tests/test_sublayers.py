@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conftest import random_windows, tiny_loaded
-from layercut.capture import forward_blocks
+from layercut.calibration.capture import forward_blocks
+from layercut.calibration.linear_error import scan_linear_errors
+from layercut.calibration.scores import angular_distance
 from layercut.cli import main
 from layercut.export import save_checkpoint
-from layercut.linear_error import scan_linear_errors
+from layercut.methods.sublayers import removed_sublayers, scan_sublayers, zero_sublayers
 from layercut.prune import PruneRequest, prune
-from layercut.scores import angular_distance
-from layercut.sublayers import removed_sublayers, scan_sublayers, zero_sublayers
 
 
 def _changed_parameters(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:

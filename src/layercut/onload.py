@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from layercut.adapters import get_adapter
-from layercut.capture import BlockCapture, first_tensor
+from layercut.calibration.capture import BlockCapture, first_tensor
 from layercut.distributed import rank_and_world
 from layercut.errors import ConfigError, ModelLoadError
 from layercut.loading import ALIASES, LoadedModel, cached_alias_dir, load_tokenizer, read_history, resolve_dtype

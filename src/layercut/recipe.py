@@ -13,22 +13,29 @@ A recipe names the model and seed once, then lists steps; each step is one `laye
 
 Every step works on the model the previous model-writing step (prune, slim, heal) produced; those
 write to `out`, by default `work_dir/NN-step`. Each step model is a pydantic model that forbids
-unknown keys, and an error names the file and line. `plan` turns a validated recipe into the
-argument lists of the commands, so a recipe runs exactly the code the command line runs; an export
-step with `out` embeds the recipe text in that checkpoint's model card.
+unknown keys, and an error names the file and line; the keys of a method's own options (prune,
+slim) come from its `MethodOptions` declaration, so the recipe schema and the CLI never disagree.
+`plan` turns a validated recipe into the argument lists of the commands, so a recipe runs exactly
+the code the command line runs; an export step with `out` embeds the recipe text in that
+checkpoint's model card.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                      ValidationError, field_validator)
+                      ValidationError, create_model, field_validator)
 
+from layercut.calibration.scores import SPAN_SCORES
 from layercut.errors import RecipeError
+from layercut.methods.base import SLIM_METHODS, MethodOptions, option_types
+from layercut.methods.prunenet import PruneNetSettings  # noqa: F401  (registers the slim methods)
+from layercut.prune import METHODS
 
 
 def one_of(value: str | None, choices: list[str], what: str) -> str | None:
@@ -66,7 +73,20 @@ class ScanStep(CalibFields):
     cut: PositiveInt | None = None
 
 
-class PruneStep(CalibFields):
+def option_fields(option_types: Iterable[type[MethodOptions]]) -> dict[str, Any]:
+    """Recipe keys from the methods' option declarations: each key optional (unset = the command's default)
+    and checked with the option's own type and constraints."""
+    fields: dict[str, Any] = {}
+    for options_type in option_types:
+        for name, info in options_type.model_fields.items():
+            checked = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+            fields[info.alias or name] = (Optional[checked], Field(None, description=info.description))
+    return fields
+
+
+class PruneFields(CalibFields):
+    """The `layercut prune` flags that are not a method's own options."""
+
     command: ClassVar[str] = "prune"
     writes_model: ClassVar[bool] = True
     method: str
@@ -76,32 +96,9 @@ class PruneStep(CalibFields):
     min_start: NonNegativeInt | None = None
     num_cuts: PositiveInt | None = None
     select: str | None = None
-    alpha: NonNegativeFloat | None = None
-    fit_memory_budget: PositiveFloat | None = None
     offload: Literal["none", "layers"] | None = None
     offload_dir: str | None = None
-    cosine_epochs: PositiveInt | None = None
-    cosine_lr: PositiveFloat | None = None
-    cosine_batch_tokens: PositiveInt | None = None
-    cosine_tokens: PositiveInt | None = None
-    cosine_init: Literal["lstsq", "identity"] | None = None
-    cosine_objective: Literal["full", "residual"] | None = None
-    fit_weighting: Literal["none", "unit-target"] | None = None
-    allow_massive_cut: bool | None = None
     granularity: Literal["block", "attn", "mlp"] | None = None
-    train_samples: NonNegativeInt | None = None
-    epochs: PositiveInt | None = None
-    lr: PositiveFloat | None = None
-    train_batch_tokens: PositiveInt | None = None
-    patience: PositiveInt | None = None
-    lm_loss_steps: NonNegativeInt | None = None
-    lm_loss_lr: PositiveFloat | None = None
-    streamline_memory: PositiveFloat | None = None
-    ppl_samples: PositiveInt | None = None
-    laco_threshold: float | None = Field(None, ge=-1.0, le=1.0)
-    laco_layers: int | None = Field(None, ge=2)
-    laco_interval: PositiveInt | None = None
-    laco_samples: PositiveInt | None = None
     heal_steps: NonNegativeInt | None = None
     heal_mode: Literal["full", "lora"] | None = None
     heal_lr: PositiveFloat | None = None
@@ -109,36 +106,36 @@ class PruneStep(CalibFields):
     @field_validator("method")
     @classmethod
     def known_method(cls, value: str) -> str:
-        from layercut.prune import METHODS
-
         return one_of(value, sorted(METHODS), "method")
 
     @field_validator("select")
     @classmethod
     def known_score(cls, value: str | None) -> str | None:
-        from layercut.scores import SPAN_SCORES
-
         return one_of(value, list(SPAN_SCORES), "span score")
 
 
-class SlimStep(Step):
+PruneStep = create_model("PruneStep", __base__=PruneFields, __module__=__name__,
+                         **option_fields(option_types(METHODS.values())))
+
+
+class SlimFields(Step):
+    """The `layercut slim` flags that are not a method's own options."""
+
     command: ClassVar[str] = "slim"
     writes_model: ClassVar[bool] = True
     ratio: float = Field(gt=0.0, lt=1.0)
     method: str | None = None
-    episodes: PositiveInt | None = None
-    lr: PositiveFloat | None = None
-    policy: str | None = None
-    policy_out: str | None = None
     no_progress: bool | None = None
     out: str | None = None
 
     @field_validator("method")
     @classmethod
     def known_method(cls, value: str | None) -> str | None:
-        from layercut.prunenet import METHODS
+        return one_of(value, list(SLIM_METHODS), "slim method")
 
-        return one_of(value, list(METHODS), "slim method")
+
+SlimStep = create_model("SlimStep", __base__=SlimFields, __module__=__name__,
+                        **option_fields(SLIM_METHODS.values()))
 
 
 class HealStep(Step):

@@ -28,7 +28,7 @@ from torch import nn
 from layercut.export import count_parameters
 from layercut.linear import weight_out_in
 from layercut.loading import LoadedModel
-from layercut.sublayers import SUBLAYER_PARTS, output_projection, removed_sublayers
+from layercut.methods.sublayers import SUBLAYER_PARTS, output_projection, removed_sublayers
 
 METRICS = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "peak_memory_mb")
 

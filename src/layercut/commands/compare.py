@@ -9,13 +9,14 @@ from pathlib import Path
 
 from layercut.commands.common import (add_calib_args, add_eval_args, add_model_args, calib_description, calib_from_args,
                                       check_eval_args, load_from_args, ppl_from_args, tasks_from_args)
-from layercut.commands.method_args import add_method_args, method_extra, select_for
+from layercut.commands.options import add_option_groups, options_from_args
 from layercut.compare import compare_methods, method_label, plot_compare, render_markdown, table
 from layercut.errors import ConfigError
 from layercut.evaluation.report import render_table
 from layercut.export import ensure_output_free, write_text_atomic
+from layercut.methods.base import option_types
+from layercut.methods.sublayers import GRANULARITIES
 from layercut.prune import METHODS, PruneRequest
-from layercut.sublayers import GRANULARITIES
 
 DEFAULT_METHODS = "angular,shortgpt,last,replaceme-lstsq,replaceme-cosine,streamline-ffn,streamline-layer"
 
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output.add_argument("--plot", help="PNG chart here")
     output.add_argument("--overwrite", action="store_true", help="replace existing output files")
     output.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    add_method_args(parser)
+    add_option_groups(parser, option_types(METHODS.values()))
     parser.set_defaults(run=run)
 
 
@@ -62,9 +63,11 @@ def parse_methods(text: str) -> list[tuple[str, str]]:
 
 
 def requests_from_args(args: argparse.Namespace, methods: list[tuple[str, str]]) -> list[PruneRequest]:
-    return [PruneRequest(method=name, cut=args.cut, min_start=args.min_start, select=select_for(name, args.select),
-                         batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
-                         granularity=part, extra=method_extra(args, name)) for name, part in methods]
+    return [PruneRequest(method=name, cut=args.cut, min_start=args.min_start,
+                         select=args.select or METHODS[name].select, batch_size=args.batch_size, seed=args.seed,
+                         progress=not args.no_progress, granularity=part,
+                         options=options_from_args(args, METHODS[name].options))
+            for name, part in methods]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import sys
 
 from layercut.commands.common import add_model_args, add_output_args, load_from_args
 from layercut.export import ensure_output_free
-from layercut.heal import build_config, export_healed, heal
+from layercut.healing.trainer import build_config, export_healed, heal
 
 DESCRIPTION = "Heal a pruned model (LayerChop): continued next-token pretraining, full or LoRA, optional distillation."
 

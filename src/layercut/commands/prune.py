@@ -6,16 +6,16 @@ import argparse
 
 from layercut.commands.common import (add_calib_args, add_model_args, add_output_args, calib_description,
                                       calib_from_args, load_from_args, seed_everything)
-from layercut.commands.method_args import add_method_args, method_extra, select_for
+from layercut.commands.options import add_option_groups, options_from_args
 from layercut.distributed import is_main_process
 from layercut.errors import ConfigError
 from layercut.export import count_parameters, ensure_output_free, save_checkpoint
-from layercut.heal import build_config, heal, heal_step_record
-from layercut.laco import LacoSettings
+from layercut.healing.trainer import build_config, heal, heal_step_record
 from layercut.loading import LoadedModel
+from layercut.methods.base import option_types
+from layercut.methods.sublayers import GRANULARITIES
 from layercut.onload import OFFLOAD_CHOICES, check_offload_supported, load_onloaded, materialize
 from layercut.prune import METHODS, PruneOutcome, PruneRequest, prune
-from layercut.sublayers import GRANULARITIES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,16 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-cuts", type=int, default=1, help="split the cut into this many separate spans")
     parser.add_argument("--select", default=None,
                         help="span score: angular, angular-last or cosine (default: cosine for streamline-*, else angular)")
-    parser.add_argument("--alpha", type=float, default=0.0, help="ridge penalty of the least-squares map")
-    parser.add_argument("--allow-massive-cut", action="store_true",
-                        help="let ReplaceMe cut a block that creates massive activations (excluded by default: "
-                             "no linear map reproduces them)")
-    parser.add_argument("--fit-weighting", default="none",
-                        help="least-squares token weights: none, or unit-target (1/||L_t||^2, so massive-activation "
-                             "tokens do not dominate)")
-    parser.add_argument("--fit-memory-budget", type=float, default=4.0,
-                        help="GiB allowed for least-squares sums of every candidate cut in one pass; "
-                             "above it a second pass fits only the chosen cut")
     parser.add_argument("--offload", choices=OFFLOAD_CHOICES, default="none",
                         help="layers: calibrate one block at a time from the safetensors on disk (CPU; for models "
                              "larger than memory)")
@@ -47,25 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--granularity", choices=GRANULARITIES, default="block",
                         help="block: cut whole blocks; attn / mlp: remove --cut attention or MLP sublayers "
                              "(zeroed output projections; --method angular)")
-    add_method_args(parser)
-    laco_group = parser.add_argument_group("laco")
-    laco_group.add_argument("--laco-threshold", type=float, default=LacoSettings.threshold,
-                            help="keep a merge only when the final hidden states' mean cosine to the dense model's "
-                                 "stays at or above this (default: %(default)s)")
-    laco_group.add_argument("--laco-layers", type=int, default=LacoSettings.layers,
-                            help="blocks merged into one per step (default: %(default)s)")
-    laco_group.add_argument("--laco-interval", type=int, default=LacoSettings.interval,
-                            help="blocks to move down after an accepted merge (default: %(default)s)")
-    laco_group.add_argument("--laco-samples", type=int, default=LacoSettings.samples,
-                            help="calibration windows used for the similarity check (default: %(default)s)")
-    cosine = parser.add_argument_group("replaceme-cosine")
-    cosine.add_argument("--cosine-epochs", type=int, default=10)
-    cosine.add_argument("--cosine-lr", type=float, default=1e-4)
-    cosine.add_argument("--cosine-batch-tokens", type=int, default=1024)
-    cosine.add_argument("--cosine-tokens", type=int, default=65536, help="token rows kept for the cosine fit")
-    cosine.add_argument("--cosine-init", default="lstsq", help="lstsq or identity")
-    cosine.add_argument("--cosine-objective", default="full",
-                        help="full: cos(MT+Y, L); residual: cos(MT, L-Y) as the reference code")
+    add_option_groups(parser, option_types(METHODS.values()))
     healing = parser.add_argument_group("healing (LayerChop; `layercut heal` has every option)")
     healing.add_argument("--heal-steps", type=int, default=0,
                          help="after the cut, continue pretraining for N steps on the --calib text")
@@ -75,16 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def request_from_args(args: argparse.Namespace) -> PruneRequest:
+    spec = METHODS[args.method]
     return PruneRequest(
         method=args.method, cut=args.cut, start=args.start, min_start=args.min_start, num_cuts=args.num_cuts,
-        select=select_for(args.method, args.select), alpha=args.alpha, fit_weighting=args.fit_weighting,
-        protect_massive=not args.allow_massive_cut, batch_size=args.batch_size, seed=args.seed,
-        cosine_epochs=args.cosine_epochs, cosine_lr=args.cosine_lr, cosine_batch_tokens=args.cosine_batch_tokens,
-        cosine_tokens=args.cosine_tokens, cosine_init=args.cosine_init, cosine_objective=args.cosine_objective,
-        fit_memory_budget=args.fit_memory_budget, granularity=args.granularity,
-        extra={"laco_threshold": args.laco_threshold, "laco_layers": args.laco_layers,
-               "laco_interval": args.laco_interval, "laco_samples": args.laco_samples}
-        if args.method == "laco" else method_extra(args, args.method))
+        select=args.select or spec.select, batch_size=args.batch_size, seed=args.seed,
+        granularity=args.granularity, options=options_from_args(args, spec.options))
 
 
 def load_for_prune(args: argparse.Namespace) -> LoadedModel:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from layercut.capture import calibrate
+from layercut.calibration.capture import calibrate
+from layercut.calibration.linear_error import render_linear_errors, scan_linear_errors
+from layercut.calibration.report import plot_scan, render_scan_table, scan_to_dict
 from layercut.commands.common import (add_calib_args, add_model_args, calib_description, calib_from_args,
                                       load_from_args)
 from layercut.distributed import is_main_process
 from layercut.errors import ConfigError
 from layercut.export import ensure_output_free, write_text_atomic
-from layercut.linear_error import render_linear_errors, scan_linear_errors
-from layercut.scan_report import plot_scan, render_scan_table, scan_to_dict
-from layercut.sublayers import GRANULARITIES, render_sublayer_table, scan_sublayers, sublayers_to_dict
+from layercut.methods.sublayers import GRANULARITIES, render_sublayer_table, scan_sublayers, sublayers_to_dict
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

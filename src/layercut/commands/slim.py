@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 
 from layercut.commands.common import add_model_args, add_output_args, load_from_args
+from layercut.commands.options import add_option_groups
 from layercut.errors import ConfigError
 from layercut.export import ensure_output_free, save_checkpoint
-from layercut.prunenet import METHODS, PolicyConfig, slim_model
+from layercut.methods.base import SLIM_METHODS
+from layercut.methods.prunenet import PolicyConfig, slim_model
 from layercut.slicing import keep_count
 
 
@@ -18,13 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Remove a fraction of the FFN neurons of every layer. prunenet learns a policy on the "
                     "weights alone (no data); magnitude keeps the rows with the largest norm.")
     add_model_args(parser)
-    parser.add_argument("--method", choices=METHODS, default="prunenet", help="(default: %(default)s)")
+    parser.add_argument("--method", choices=list(SLIM_METHODS), default="prunenet", help="(default: %(default)s)")
     parser.add_argument("--ratio", type=float, required=True, help="fraction of FFN neurons to remove, in (0, 1)")
-    parser.add_argument("--episodes", type=int, default=20, help="policy learning episodes (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="policy learning rate (default: %(default)s)")
-    parser.add_argument("--policy", help="reuse a policy file from --policy-out (no learning)")
-    parser.add_argument("--policy-out", help="also save the learned policy here, to reuse at other ratios")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_option_groups(parser, SLIM_METHODS.values())
     add_output_args(parser)
     parser.set_defaults(run=run)
 

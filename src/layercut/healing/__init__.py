@@ -1,3 +1,3 @@
-"""The pieces of healing (LayerChop's continued pretraining), used by `layercut.heal`:
-losses, the learning-rate schedule and data order, LoRA wrapping, training checkpoints, and the
-training log with its loss curve."""
+"""Healing (LayerChop's continued pretraining): `trainer` runs it (`heal`, `HealConfig`,
+`export_healed`); its pieces are the losses, the learning-rate schedule and data order, LoRA
+wrapping, training checkpoints (`state`), and the training log with its loss curve (`report`)."""

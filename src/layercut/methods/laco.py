@@ -10,40 +10,31 @@ otherwise it is undone. Merges proceed from the top of the model down, as in the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from layercut.calibration.scores import cosine_rows
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
-from layercut.scores import cosine_rows
+from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
 from layercut.surgery import remove_blocks
 
 
-@dataclass(frozen=True)
-class LacoSettings:
+class LacoSettings(MethodOptions):
     """The paper's hyper-parameters: `layers` (C) blocks merged at a time, `interval` (I) blocks moved
-    down after an accepted merge, `threshold` (T) on the representation similarity, `lowest` (L)
-    the first block a merge may start at, and the calibration windows used for the check."""
+    down after an accepted merge, `threshold` (T) on the representation similarity, and the
+    calibration windows used for the check. The lowest block a merge may start at (L) is `--min-start`."""
 
-    layers: int = 4
-    interval: int = 2
-    threshold: float = 0.85
-    lowest: int = 1
-    samples: int = 4
-
-    @classmethod
-    def from_extra(cls, extra: dict[str, Any], min_start: int | None) -> "LacoSettings":
-        settings = cls(layers=int(extra.get("laco_layers", cls.layers)),
-                       interval=int(extra.get("laco_interval", cls.interval)),
-                       threshold=float(extra.get("laco_threshold", cls.threshold)),
-                       lowest=cls.lowest if min_start is None else int(min_start),
-                       samples=int(extra.get("laco_samples", cls.samples)))
-        if settings.layers < 2 or settings.interval < 1 or settings.samples < 1:
-            raise ConfigError("LaCo needs --laco-layers >= 2, --laco-interval >= 1 and --laco-samples >= 1")
-        return settings
+    title: ClassVar[str] = "laco"
+    threshold: float = Field(0.85, ge=-1.0, le=1.0, alias="laco_threshold",
+                             description="keep a merge only when the final hidden states' mean cosine to the dense "
+                                         "model's stays at or above this")
+    layers: int = Field(4, ge=2, alias="laco_layers", description="blocks merged into one per step")
+    interval: int = Field(2, ge=1, alias="laco_interval", description="blocks to move down after an accepted merge")
+    samples: int = Field(4, ge=1, alias="laco_samples", description="calibration windows used for the similarity check")
 
 
 def merge_parameters(base: torch.Tensor, others: list[torch.Tensor]) -> torch.Tensor:
@@ -78,7 +69,7 @@ def representation_similarity(reference: torch.Tensor, candidate: torch.Tensor) 
                              candidate.reshape(-1, candidate.shape[-1])).mean())
 
 
-def collapse(loaded: LoadedModel, windows: torch.Tensor, cut: int, settings: LacoSettings,
+def collapse(loaded: LoadedModel, windows: torch.Tensor, cut: int, settings: LacoSettings, lowest: int = 1,
              batch_size: int = 8) -> tuple[list[int], list[dict[str, Any]]]:
     """Merge blocks from the top down until `cut` blocks are gone; returns the removed block indices
     (of the input model) and a log of every merge tried."""
@@ -90,7 +81,7 @@ def collapse(loaded: LoadedModel, windows: torch.Tensor, cut: int, settings: Lac
     removed: list[int] = []
     trials: list[dict[str, Any]] = []
     position = len(alive) - settings.layers
-    while len(removed) < cut and position >= settings.lowest:
+    while len(removed) < cut and position >= lowest:
         merged_away = alive[position + 1:position + min(settings.layers, cut - len(removed) + 1)]
         base = original[alive[position]]
         saved = {name: param.detach().clone() for name, param in base.named_parameters()}
@@ -118,14 +109,14 @@ def collapse(loaded: LoadedModel, windows: torch.Tensor, cut: int, settings: Lac
     return remove_blocks(loaded, removed), trials
 
 
-def laco(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
-    """`--method laco`: layer collapse with the calibration-similarity check."""
-    from layercut.prune import PruneOutcome
-
-    settings = LacoSettings.from_extra(request.extra, request.min_start)
-    removed, trials = collapse(loaded, windows, request.cut, settings, request.batch_size)
+@register("laco", LacoSettings)
+def laco(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest, settings: LacoSettings) -> PruneOutcome:
+    """`--method laco`: layer collapse with the calibration-similarity check (merges start at block 1 or
+    `--min-start`)."""
+    lowest = 1 if request.min_start is None else request.min_start
+    removed, trials = collapse(loaded, windows, request.cut, settings, lowest, request.batch_size)
     merged_into = sorted({t["into"] for t in trials if t["accepted"]})
     return PruneOutcome(request.method, removed, merged_into, len(removed),
                         details={"laco": {"layers": settings.layers, "interval": settings.interval,
-                                          "threshold": settings.threshold, "lowest": settings.lowest,
+                                          "threshold": settings.threshold, "lowest": lowest,
                                           "samples": settings.samples, "trials": trials}})

@@ -4,8 +4,7 @@
 all weights (`mode="full"`) or LoRA matrices that are merged back at the end (`mode="lora"`),
 optionally distilled from a teacher (KL on next-token distributions). It writes training
 checkpoints, a JSONL log and a loss curve to `config.work_dir`, and resumes bit-exactly from a
-checkpoint. `export_healed` saves the result as a plain checkpoint with its model card;
-`chop_layers` is LayerChop's own choice of blocks to drop.
+checkpoint. `export_healed` saves the result as a plain checkpoint with its model card.
 """
 
 from __future__ import annotations
@@ -40,22 +39,6 @@ DEFAULT_LR = {"full": 1e-4, "lora": 1e-3}
 
 class NonFiniteLossError(LayercutError):
     """Training diverged: the loss or the gradient norm stopped being a finite number."""
-
-
-def chop_layers(num_layers: int, cut: int) -> list[int]:
-    """LayerChop's deterministic choice of `cut` blocks to drop from a `num_layers`-block model.
-
-    The rule: drop one contiguous run of blocks centred among the interior blocks 1..L-2, so
-    the first and the last block always survive and the cut stays away from the output end
-    (the paper found cutting next to the output worst). An odd remainder puts the run one block
-    closer to the input. Example: 30 blocks, cut 8 -> blocks 11..18.
-    """
-    interior = num_layers - 2
-    if not 1 <= cut <= interior:
-        raise ConfigError(f"--cut {cut} must be between 1 and {interior} for a {num_layers}-block model "
-                          "(LayerChop keeps the first and the last block)")
-    start = 1 + (interior - cut) // 2
-    return list(range(start, start + cut))
 
 
 class HealConfig(BaseModel):

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from layercut.capture import forward_blocks, real_token_rows
+from layercut.calibration.capture import forward_blocks, real_token_rows
+from layercut.calibration.scores import angular_distance, cosine_rows
+from layercut.calibration.selection import lowest_scores
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
-from layercut.scores import angular_distance, cosine_rows
-from layercut.selection import lowest_scores
+from layercut.methods.base import PruneOutcome, PruneRequest
 
 GRANULARITIES = ("block", "attn", "mlp")
 SUBLAYER_PARTS = ("attn", "mlp")
@@ -111,7 +112,7 @@ def removed_sublayers(loaded: LoadedModel, part: str) -> list[int]:
             if not bool(output_projection(loaded, block, part).weight.detach().any())]
 
 
-def prune_sublayers(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> dict[str, Any]:
+def prune_sublayers(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> dict[str, Any]:
     """Score the halves named by `request.granularity` and zero the `request.cut` most redundant ones
     (not necessarily contiguous; blocks before `request.min_start` are kept). Returns the record."""
     part = request.granularity
@@ -131,6 +132,14 @@ def prune_sublayers(loaded: LoadedModel, windows: torch.Tensor, request: Any) ->
             "sublayer_scores": {p: {"angular": stats.angular(p).tolist(), "cosine": stats.cosine(p).tolist()}
                                 for p in SUBLAYER_PARTS},
             "calibration_tokens": int(stats.tokens)}
+
+
+def drop_sublayers(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
+    """`--granularity attn|mlp`: remove the `cut` most redundant attention or MLP halves (blocks stay)."""
+    if request.method != "angular":
+        raise ConfigError(f"--granularity {request.granularity} works with --method angular only")
+    record = prune_sublayers(loaded, windows, request)
+    return PruneOutcome(request.method, [], record["removed_sublayers"], 0, details=record)
 
 
 def render_sublayer_table(stats: SublayerStats, part: str, top: int = 5) -> str:

@@ -19,54 +19,49 @@ import copy
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
 from layercut.adapters import get_path
-from layercut.capture import calibrate, first_tensor, forward_blocks
+from layercut.calibration.capture import calibrate, first_tensor, forward_blocks
+from layercut.calibration.scores import redundancy
+from layercut.calibration.selection import choose_spans
 from layercut.errors import ConfigError, UnsupportedArchitectureError
 from layercut.loading import LoadedModel
-from layercut.scores import redundancy
-from layercut.selection import choose_spans
+from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
 from layercut.surgery import remove_blocks
 
 KINDS = ("layer", "ffn")
 FFN_GROUP_STEPS = 16  # FFN steps drawn from one group of windows read from the store
 
 
-@dataclass(frozen=True)
-class StreamlineSettings:
+class StreamlineSettings(MethodOptions):
     """Training settings. `train_samples` caps the calibration windows used (0 = all); a tenth of
     them (at least one) is held out for early stopping after `patience` epochs without improvement.
     Hidden states above `memory_gib` go to a memory-mapped file instead of RAM."""
 
-    epochs: int = 5
-    lr: float = 2e-4
-    train_batch_tokens: int = 2048
-    train_samples: int = 0
-    patience: int = 2
-    lm_loss_steps: int = 0
-    lm_loss_lr: float = 1e-5
-    memory_gib: float = 2.0
-
-    @classmethod
-    def from_extra(cls, extra: dict[str, Any]) -> "StreamlineSettings":
-        names = {name: kind for name, kind in cls.__annotations__.items()}
-        values = {name: (float if names[name] == "float" else int)(extra[name]) for name in names if name in extra}
-        settings = cls(**values)
-        if settings.epochs < 1 or settings.lr <= 0 or settings.train_batch_tokens < 1 or settings.patience < 1:
-            raise ConfigError("streamline needs --epochs >= 1, --lr > 0, --train-batch-tokens >= 1, --patience >= 1")
-        if settings.train_samples < 0 or settings.lm_loss_steps < 0:
-            raise ConfigError("--train-samples and --lm-loss-steps must be 0 or more")
-        return settings
+    title: ClassVar[str] = "streamline-layer / streamline-ffn (LLM-Streamline)"
+    train_samples: int = Field(0, ge=0, description="calibration windows used to train the replacement, a tenth "
+                                                    "held out (0 = all)")
+    epochs: int = Field(5, ge=1, description="training epochs")
+    lr: float = Field(2e-4, gt=0.0, description="AdamW learning rate")
+    train_batch_tokens: int = Field(2048, ge=1, description="tokens per training step")
+    patience: int = Field(2, ge=1, description="stop after this many epochs without held-out improvement")
+    lm_loss_steps: int = Field(0, ge=0, description="second stage: steps of next-token loss on the replacement only "
+                                                    "(0 = off)")
+    lm_loss_lr: float = Field(1e-5, gt=0.0, description="learning rate of the LM-loss stage")
+    memory_gib: float = Field(2.0, ge=0.0, alias="streamline_memory",
+                              description="GiB of captured hidden states kept in RAM; above it they go to a "
+                                          "memory-mapped temp file (0 = always)")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 class FFNReplacement(nn.Module):
@@ -350,7 +345,7 @@ def lm_loss_stage(loaded: LoadedModel, windows: torch.Tensor, block_index: int, 
     return losses
 
 
-def choose_span(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> tuple[int, dict[str, Any]]:
+def choose_span(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> tuple[int, dict[str, Any]]:
     """The span start: `request.start`, else the most redundant span of `request.cut` blocks by `request.select`."""
     if request.start is not None:
         return request.start, {}
@@ -365,15 +360,13 @@ def choose_span(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> tup
                    "span_scores": redundancy(scan, request.select).abs().tolist()}
 
 
-def streamline(loaded: LoadedModel, windows: torch.Tensor, request: Any, kind: str) -> Any:
+def streamline(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest, settings: StreamlineSettings,
+               kind: str) -> PruneOutcome:
     """Choose a span, train its replacement on captured hidden states, install it; returns a PruneOutcome."""
-    from layercut.prune import PruneOutcome
-
     if kind not in KINDS:
         raise ValueError(f"unknown replacement kind {kind}")
     if loaded.onload is not None:
         raise ConfigError("streamline trains a replacement in memory; drop --offload layers")
-    settings = StreamlineSettings.from_extra(request.extra)
     torch.manual_seed(request.seed)
     span_len = request.cut
     start, scores = choose_span(loaded, windows, request)
@@ -395,11 +388,15 @@ def streamline(loaded: LoadedModel, windows: torch.Tensor, request: Any, kind: s
     return PruneOutcome(request.method, removed, [start], span_len, scores=scores, details=details)
 
 
-def streamline_layer(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+@register("streamline-layer", StreamlineSettings, select="cosine")
+def streamline_layer(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
+                     settings: StreamlineSettings) -> PruneOutcome:
     """`--method streamline-layer`: one decoder layer (initialised from the span's first block) replaces the span."""
-    return streamline(loaded, windows, request, "layer")
+    return streamline(loaded, windows, request, settings, "layer")
 
 
-def streamline_ffn(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+@register("streamline-ffn", StreamlineSettings, select="cosine")
+def streamline_ffn(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
+                   settings: StreamlineSettings) -> PruneOutcome:
     """`--method streamline-ffn`: an FFN (MLP + pre-norm, from the span's first block) replaces the span."""
-    return streamline(loaded, windows, request, "ffn")
+    return streamline(loaded, windows, request, settings, "ffn")

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from layercut.calibration.scores import ScanStats
 from layercut.distributed import all_reduce_sum, rank_and_world, shard_windows
 from layercut.loading import LoadedModel
-from layercut.scores import ScanStats
 
 
 class _StopForward(Exception):

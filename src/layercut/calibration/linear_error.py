@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from layercut.capture import Calibration, calibrate
+from layercut.calibration.capture import Calibration, calibrate
 from layercut.loading import LoadedModel
-from layercut.replaceme import fit_residual, solve_lstsq
+from layercut.methods.replaceme import fit_residual, solve_lstsq
 
 
 def relative_lstsq_error(gram: torch.Tensor, cross: torch.Tensor, target_sq: torch.Tensor | float,

@@ -11,19 +11,26 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from layercut.capture import calibrate
+from layercut.calibration.capture import calibrate
+from layercut.calibration.selection import lowest_scores
 from layercut.errors import ConfigError
 from layercut.evaluation.perplexity import window_nll
 from layercut.loading import LoadedModel
-from layercut.selection import lowest_scores
+from layercut.methods.base import MethodOptions, NoOptions, PruneOutcome, PruneRequest, register
 from layercut.surgery import remove_blocks
 
-PPL_SAMPLES = 16
+
+class PplSettings(MethodOptions):
+    """How many calibration windows score each candidate span of `ppl`."""
+
+    title: ClassVar[str] = "ppl (perplexity-drop selection)"
+    ppl_samples: int = Field(16, ge=1, description="calibration windows scored per candidate span")
 
 
 def last_blocks(num_layers: int, cut: int) -> list[int]:
@@ -37,14 +44,14 @@ def random_blocks(num_layers: int, cut: int, seed: int) -> list[int]:
     return sorted(int(i) for i in torch.randperm(num_layers - 1, generator=generator)[:cut])
 
 
-def _outcome(request: Any, removed: list[int], scores: dict[str, Any] | None = None,
-             details: dict[str, Any] | None = None) -> Any:
-    from layercut.prune import PruneOutcome
-
+def _outcome(request: PruneRequest, removed: list[int], scores: dict[str, Any] | None = None,
+             details: dict[str, Any] | None = None) -> PruneOutcome:
     return PruneOutcome(request.method, removed, removed, 1, scores=scores or {}, details=details or {})
 
 
-def shortgpt(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+@register("shortgpt")
+def shortgpt(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
+             options: NoOptions) -> PruneOutcome:
     """ShortGPT: delete the `cut` blocks with the lowest Block Influence on the calibration windows."""
     calibration = calibrate(loaded, windows, request.batch_size, progress=request.progress)
     influence = calibration.scan.block_influence()
@@ -53,12 +60,16 @@ def shortgpt(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
                                        "calibration_tokens": int(calibration.scan.tokens)})
 
 
-def drop_last(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+@register("last")
+def drop_last(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
+              options: NoOptions) -> PruneOutcome:
     """Delete the `cut` blocks just before the final one (no calibration)."""
     return _outcome(request, remove_blocks(loaded, last_blocks(loaded.num_layers, request.cut)))
 
 
-def drop_random(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+@register("random")
+def drop_random(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
+                options: NoOptions) -> PruneOutcome:
     """Delete `cut` random blocks (seeded; no calibration)."""
     blocks = random_blocks(loaded.num_layers, request.cut, request.seed)
     return _outcome(request, remove_blocks(loaded, blocks), details={"seed": request.seed})
@@ -86,11 +97,11 @@ def span_perplexities(loaded: LoadedModel, windows: torch.Tensor, span_len: int,
     return results
 
 
-def drop_by_perplexity(loaded: LoadedModel, windows: torch.Tensor, request: Any) -> Any:
+@register("ppl", PplSettings)
+def drop_by_perplexity(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
+                       settings: PplSettings) -> PruneOutcome:
     """Delete the contiguous span whose removal keeps calibration perplexity lowest (exhaustive search)."""
-    samples = int(request.extra.get("ppl_samples", PPL_SAMPLES))
-    if samples < 1:
-        raise ConfigError("--ppl-samples must be at least 1")
+    samples = settings.ppl_samples
     min_start = 0 if request.min_start is None else request.min_start
     if request.start is not None:
         min_start = request.start

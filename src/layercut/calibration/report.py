@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from layercut.calibration.scores import SPAN_SCORES, ScanStats, redundancy
 from layercut.export import save_figure_atomic
-from layercut.scores import SPAN_SCORES, ScanStats, redundancy
 
 
 def scan_to_dict(stats: ScanStats) -> dict[str, Any]:

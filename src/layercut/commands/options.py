@@ -1,0 +1,50 @@
+"""Command-line flags derived from the methods' option declarations (`MethodOptions` subclasses):
+one argument group per options class, one flag per option, its help the option's description.
+Shared by `layercut prune`, `compare` and `slim`, so a method's options are declared only once."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from typing import Literal, get_args, get_origin
+
+from pydantic.fields import FieldInfo
+
+from layercut.methods.base import MethodOptions, resolve_options
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of an option key: `laco_threshold` -> `--laco-threshold`."""
+    return "--" + key.replace("_", "-")
+
+
+def _add_flag(group: argparse._ArgumentGroup, name: str, field: FieldInfo) -> None:
+    key = field.alias or name
+    if field.annotation is bool:
+        group.add_argument(flag_name(key), dest=key, action="store_true", help=field.description)
+        return
+    choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+    kind = field.annotation if field.annotation in (int, float) else str
+    group.add_argument(flag_name(key), dest=key, type=kind, choices=choices, default=field.default,
+                       help=f"{field.description} (default: %(default)s)")
+
+
+def add_option_groups(parser: argparse.ArgumentParser, option_types: Iterable[type[MethodOptions]]) -> None:
+    """The flags of every class in `option_types`, grouped by the class that declares them (a class
+    that extends another adds only its own options, once)."""
+    done: set[type] = set()
+    for options_type in option_types:
+        for declaring in reversed(options_type.__mro__):
+            if not issubclass(declaring, MethodOptions) or declaring in done:
+                continue
+            done.add(declaring)
+            own = [name for name in declaring.__annotations__ if name in declaring.model_fields]
+            if own:
+                group = parser.add_argument_group(declaring.title)
+                for name in own:
+                    _add_flag(group, name, declaring.model_fields[name])
+
+
+def options_from_args(args: argparse.Namespace, options_type: type[MethodOptions]) -> MethodOptions:
+    """The validated values of `options_type`'s flags (a bad one is a `ConfigError` naming its flag)."""
+    return resolve_options(options_type, {key: getattr(args, key) for key in options_type.keys()})
