@@ -23,7 +23,8 @@ def module_names(root: Path) -> dict[str, Path]:
 
 
 def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
-    """The package modules `name` imports anywhere in its file; `from pkg import mod` counts as `pkg.mod`."""
+    """The package modules `name` imports anywhere in its file; `from pkg import mod` counts as `pkg.mod`,
+    and so does a string that is exactly a module's name (imported with importlib)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -35,6 +36,8 @@ def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
                 anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            targets = [node.value]  # a module named for importlib (the CLI's command table)
         else:
             continue
         found.update(target for target in targets if target in known and target != name)
@@ -81,8 +84,9 @@ def test_import_graph_resolves_submodules_and_relative_imports(tmp_path: Path) -
     (package / "sub" / "__init__.py").write_text("")
     (package / "sub" / "leaf.py").write_text("from .. import top\n")
     (package / "top.py").write_text("def f():\n    from pkg.sub import leaf\n")
+    (package / "table.py").write_text("import importlib\nMODULES = ('pkg.top',)\n")
     assert import_graph(package) == {"pkg": set(), "pkg.sub": set(), "pkg.sub.leaf": {"pkg.top"},
-                                     "pkg.top": {"pkg.sub.leaf"}}
+                                     "pkg.top": {"pkg.sub.leaf"}, "pkg.table": {"pkg.top"}}
 
 
 def test_layercut_imports_have_no_cycle() -> None:

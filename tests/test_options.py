@@ -9,7 +9,7 @@ import pytest
 from layercut.commands import compare as compare_command
 from layercut.commands import prune as prune_command
 from layercut.commands import slim as slim_command
-from layercut.errors import RecipeError
+from layercut.errors import ConfigError, RecipeError
 from layercut.methods.base import SLIM_METHODS, PruneRequest
 from layercut.methods.laco import LacoSettings
 from layercut.prune import METHODS
@@ -58,3 +58,10 @@ def test_request_takes_options_by_key_or_field_name() -> None:
     by_key = PruneRequest(method="laco", cut=2, options={"laco_layers": 3}).method_options()
     by_name = PruneRequest(method="laco", cut=2, options={"layers": 3}).method_options()
     assert by_key == by_name == LacoSettings(layers=3)
+
+
+def test_a_bad_option_names_its_flag() -> None:
+    with pytest.raises(ConfigError, match="invalid --laco-layers 1: Input should be greater than or equal to 2"):
+        PruneRequest(method="laco", cut=2, options={"laco_layers": 1}).method_options()
+    with pytest.raises(ConfigError, match="--alpha is not an option of this method"):
+        PruneRequest(method="laco", cut=2, options={"alpha": 0.1}).method_options()

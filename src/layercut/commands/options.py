@@ -10,12 +10,7 @@ from typing import Literal, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 
-from layercut.methods.base import MethodOptions, resolve_options
-
-
-def flag_name(key: str) -> str:
-    """The command-line flag of an option key: `laco_threshold` -> `--laco-threshold`."""
-    return "--" + key.replace("_", "-")
+from layercut.methods.base import MethodOptions, flag_name, resolve_options
 
 
 def _add_flag(group: argparse._ArgumentGroup, name: str, field: FieldInfo) -> None:
@@ -25,8 +20,9 @@ def _add_flag(group: argparse._ArgumentGroup, name: str, field: FieldInfo) -> No
         return
     choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
     kind = field.annotation if field.annotation in (int, float) else str
+    shown = "" if field.default is None else " (default: %(default)s)"
     group.add_argument(flag_name(key), dest=key, type=kind, choices=choices, default=field.default,
-                       help=f"{field.description} (default: %(default)s)")
+                       help=field.description + shown)
 
 
 def add_option_groups(parser: argparse.ArgumentParser, option_types: Iterable[type[MethodOptions]]) -> None:

@@ -21,8 +21,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from layercut.cli import build_parser
-
     if rank_and_world()[1] > 1:
         raise RecipeError("recipes run in one process (heal, slim and export are not data-parallel); "
                           "use torchrun with layercut prune or layercut scan")
@@ -36,10 +34,9 @@ def run(args: argparse.Namespace) -> int:
         overwrite = "--overwrite" in step.argv
         for output in step.outputs:
             ensure_output_free(output, overwrite)
-    parser = build_parser()
     for number, step in enumerate(planned, start=1):
         print(f"== step {number}/{len(planned)}: layercut {shlex.join(step.argv)}", flush=True)
-        step_args = parser.parse_args(step.argv)
+        step_args = args.cli_parser.parse_args(step.argv)
         code = int(step_args.run(step_args) or 0)
         if code != 0:
             raise RecipeError(f"step {number} ({step.command}) stopped with exit code {code}; "

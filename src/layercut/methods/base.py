@@ -37,6 +37,11 @@ class MethodOptions(BaseModel):
         return {field.alias or name: name for name, field in cls.model_fields.items()}
 
 
+def flag_name(key: str) -> str:
+    """The command-line flag of an option key: `laco_threshold` -> `--laco-threshold`."""
+    return "--" + key.replace("_", "-")
+
+
 class NoOptions(MethodOptions):
     """For methods with no settings of their own."""
 
@@ -53,8 +58,8 @@ def resolve_options(options_type: type[MethodOptions], values: MethodOptions | d
     except ValidationError as exc:
         first = exc.errors()[0]
         key = str(first["loc"][0]) if first["loc"] else ""
-        flag = "--" + (options_type.model_fields[key].alias or key if key in options_type.model_fields
-                       else key).replace("_", "-")
+        declared = options_type.model_fields.get(key)
+        flag = flag_name((declared.alias if declared else None) or key)
         if first["type"] == "extra_forbidden":
             raise ConfigError(f"{flag} is not an option of this method; its options are: "
                               f"{', '.join(sorted(options_type.keys())) or '(none)'}") from None
