@@ -171,6 +171,29 @@ def read_history(directory: Path) -> list[dict]:
     return list(json.loads(record.read_text()).get("steps", []))
 
 
+def load_config(spec: str, trust_remote_code: bool = False) -> Any:
+    """The config of `spec` (as `load_model` resolves it) without loading any weights, so commands can
+    refuse what a family cannot do before a long load."""
+    from transformers import AutoConfig
+
+    path = Path(spec).expanduser()
+    if spec in ALIASES:
+        cached = cache_dir() / spec
+        if (cached / "config.json").is_file():
+            return AutoConfig.from_pretrained(str(cached))
+        path = alias_gguf_path(spec)
+    try:
+        if path.is_file() and path.suffix == ".gguf":
+            check_gguf_file(path)
+            return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ModelLoadError(f"'{path}' has no config.json; pass a Hugging Face model directory, "
+                                 "a .gguf file, an alias (smollm2-135m) or a hub id")
+        return AutoConfig.from_pretrained(str(path) if path.exists() else spec, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the config of '{spec}': {str(exc).splitlines()[0]}") from None
+
+
 def load_model(spec: str, *, dtype: str = "auto", device: str = "auto",
                trust_remote_code: bool = False, device_map: str | dict | None = None) -> LoadedModel:
     """Load `spec` (alias, HF directory, .gguf file or hub id) in eval mode on `device`.
