@@ -147,7 +147,7 @@ def unrecorded_settings(config: Any, reloaded: Any) -> list[str]:
     ours, theirs = config.to_dict(), reloaded.to_dict()
     wrong = []
     for key in sorted(set(ours) | set(theirs)):
-        if key in NON_FUNCTIONAL_KEYS or "dropout" in key or key.endswith("pdrop") or key.startswith("_"):
+        if key in NON_FUNCTIONAL_KEYS or key.endswith(("_token_id", "pdrop")) or "dropout" in key or key[0] == "_":
             continue
         mine, read = ours.get(key), theirs.get(key)
         if same_setting(mine, read):
@@ -345,6 +345,9 @@ def export_gguf(loaded: LoadedModel, out: str | Path, gguf_type: str = "f16", ov
     tensors = gguf_tensors(loaded.model, config, target)
     handle, tmp = tempfile.mkstemp(prefix=f".{target_path.name}.", dir=target_path.parent)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
     try:
         writer = gguf.GGUFWriter(tmp, target.arch)
         write_hyperparameters(writer, config, target, name)
