@@ -3,7 +3,7 @@
 Loads a Hugging Face checkpoint and the GGUF file(s) exported from it with nothing but transformers,
 checks that both tokenizers give the same ids, and prints WikiText-2 perplexity of each on the first
 --tokens tokens, in windows that each start with BOS. Usage:
-    python bench/gguf_roundtrip.py CHECKPOINT_DIR FILE.gguf [FILE.gguf ...] [--tokens 4096 --window 512]
+    python bench/gguf_roundtrip.py CHECKPOINT_DIR FILE.gguf [FILE.gguf ...] [--text FILE --tokens 4096 --window 512]
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("ggufs", nargs="+")
+    parser.add_argument("--text", default=str(WIKITEXT), help="raw text file (default: %(default)s)")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--window", type=int, default=512)
     args = parser.parse_args()
-    text = WIKITEXT.read_text(encoding="utf-8")[:200_000]
+    text = Path(args.text).read_text(encoding="utf-8")[:200_000]
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:args.tokens]
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32).eval()

@@ -60,12 +60,14 @@ def tiny_config(family: str, num_layers: int = 6):
     return classes[family](**common, **extra)
 
 
-def tiny_loaded(family: str = "llama", num_layers: int = 6, seed: int = 0) -> LoadedModel:
+def tiny_loaded(family: str = "llama", num_layers: int = 6, seed: int = 0, **config_overrides) -> LoadedModel:
     """A LoadedModel with random weights (scaled up so blocks differ visibly) and the tiny tokenizer."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     config = tiny_config(family, num_layers)
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
     config._attn_implementation = "eager"
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="write a GGUF file for llama.cpp / Ollama, or a checkpoint with a recipe",
                                    description=__doc__)
     add_model_args(parser)
-    parser.add_argument("--gguf", help="write a GGUF file here (Llama, Mistral, Qwen2/3, Phi-3, Gemma 3)")
+    parser.add_argument("--gguf", help="write a GGUF file here (Llama, Mistral, Qwen2/3, Phi-3, Gemma 2/3)")
     parser.add_argument("--gguf-type", choices=GGUF_TYPES, default="f16",
                         help="precision of the GGUF matrices; norms stay f32 (default: %(default)s)")
     parser.add_argument("--out", help="also write a Hugging Face checkpoint here")
