@@ -183,3 +183,16 @@ def test_export_command_refuses_before_loading_weights(tmp_path: Path, capsys, m
     err = capsys.readouterr().err
     assert "this gemma3 model" in err and "query_pre_attn_scalar (16" in err
     assert not (tmp_path / "out.gguf").exists()
+
+
+@pytest.mark.integration
+def test_smollm2_round_trips_with_equal_logits_and_tokens(smollm2: LoadedModel, tmp_path: Path):
+    from transformers import AutoTokenizer
+
+    path = export_gguf(smollm2, tmp_path / "smollm2.gguf", "f32")
+    reread = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    text = builtin_text("builtin:pydoc-calib")[:2000]
+    ids = smollm2.tokenizer(text, return_tensors="pt")["input_ids"][:, :64]
+    assert reread(text, return_tensors="pt")["input_ids"][:, :64].tolist() == ids.tolist()
+    expected, got = _logits(smollm2.model, ids), _logits(_reload(path), ids)
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
