@@ -2,8 +2,9 @@
 
 Names come from the `gguf` package's own tables: the architecture from `gguf.MODEL_ARCH_NAMES`,
 every tensor through `gguf.get_tensor_name_map`, every key through the writer's typed `add_*`
-methods. The adapter table's `GGUFSpec` holds the three things a family changes in the stored
-numbers (llama.cpp's rotary row order, Gemma's norm offset) and its llama.cpp architecture name.
+methods. The adapter table's `GGUFSpec` holds what a family changes in the stored numbers
+(llama.cpp's rotary row order, Gemma's norm offset) and its llama.cpp architecture name when that is
+not its model type (Mistral is stored as `llama`).
 
 Whether a model can be exported is decided from its config alone, before any weights load:
 `check_gguf_export` writes the hyperparameters into a tensor-less GGUF, lets transformers' own GGUF
@@ -222,22 +223,18 @@ def tensor_names(model: nn.Module, config: Any, target: GGUFTarget) -> list[tupl
 def gguf_tensors(model: nn.Module, config: Any, target: GGUFTarget) -> list[tuple[str, torch.Tensor]]:
     """Every parameter under its GGUF name, in the layout llama.cpp stores it."""
     import gguf
-    from transformers.pytorch_utils import Conv1D
 
     heads = {gguf.MODEL_TENSOR.ATTN_Q: int(config.num_attention_heads),
              gguf.MODEL_TENSOR.ATTN_K: int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)}
-    modules = dict(model.named_modules())
     params = dict(model.named_parameters())
     tensors = []
     for param_name, gguf_name in tensor_names(model, config, target):
         tensor = params[param_name].detach().float()
-        if isinstance(modules[param_name.rpartition(".")[0]], Conv1D) and tensor.dim() == 2:
-            tensor = tensor.T  # GPT-2's Conv1D keeps [in, out]; GGUF stores [out, in]
-        base = gguf_name.rpartition(".")[0]
+        part = gguf_name.split(".")[-2]  # blk.3.attn_q.weight -> attn_q; output_norm.weight -> output_norm
         for kind, count in heads.items():
-            if target.spec.rope_interleave and base.endswith(gguf.TENSOR_NAMES[kind].split(".")[-1]):
+            if target.spec.rope_interleave and part == gguf.TENSOR_NAMES[kind].split(".")[-1]:
                 tensor = rotary_interleave(tensor, count)
-        if target.spec.norm_offset and "norm" in base:
+        if target.spec.norm_offset and "norm" in part:
             tensor = tensor + target.spec.norm_offset
         tensors.append((gguf_name, tensor))
     return tensors
