@@ -55,8 +55,8 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                      dtype=torch.float32).eval()
         ppl = perplexity(model, ids, reread.bos_token_id, args.window)
-        rows[gguf.name] = {"ppl": ppl, "same_token_ids": same_ids, "bos_same": reread.bos_token_id == tokenizer.bos_token_id,
-                           "ratio": ppl / rows["checkpoint"]["ppl"]}
+        rows[gguf.name] = {"ppl": ppl, "ratio": ppl / rows["checkpoint"]["ppl"], "same_token_ids": same_ids,
+                           "bos_same": reread.bos_token_id == tokenizer.bos_token_id}
         del model
     print(json.dumps({"checkpoint": args.checkpoint, "tokens": len(ids), "window": args.window, **rows}, indent=1))
 

@@ -49,9 +49,8 @@ def _pruned_slimmed_streamlined(family: str) -> LoadedModel:
 
     Gemma 3 loses its last two blocks, so its full-attention layer stays at index 5 of a pattern of six.
     """
-    # llama.cpp's Gemma 2 has no output tensor (tied, as every real Gemma 2); a `llama` file has no
-    # window for Mistral (its 4096 never acts on 16 tokens).
-    overrides = {"gemma2": {"tie_word_embeddings": True}, "mistral": {"sliding_window": None}}.get(family, {})
+    # llama.cpp's Gemma 2 has no output tensor (tied, as every real Gemma 2).
+    overrides = {"gemma2": {"tie_word_embeddings": True}}.get(family, {})
     loaded = tiny_loaded(family, num_layers=8, **overrides)
     _randomise_vectors(loaded)
     remove_blocks(loaded, [6, 7] if family == "gemma3" else [2, 3])
@@ -165,6 +164,14 @@ def test_families_the_reader_cannot_rebuild_are_refused_from_the_config(family: 
         check_gguf_export(tiny_config(family))
 
 
+def test_a_window_that_never_slides_needs_no_key_but_a_real_one_does():
+    config = tiny_config("mistral")  # window 4096 over a 512-token context: a `llama` file without one is the same
+    assert check_gguf_export(config).arch == "llama"
+    config.sliding_window = 256
+    with pytest.raises(UnsupportedArchitectureError, match=r"this mistral model.*sliding_window \(256; a GGUF reader"):
+        check_gguf_export(config)
+
+
 def test_gemma3_layer_pattern_a_gguf_cannot_record_is_refused():
     config = tiny_config("gemma3", num_layers=8)
     config.layer_types = config.layer_types[:4] + config.layer_types[5:]  # a cut of block 4 moves the full layer
@@ -176,7 +183,8 @@ def test_gemma3_layer_pattern_a_gguf_cannot_record_is_refused():
 def test_export_command_refuses_before_loading_weights(tmp_path: Path, capsys, monkeypatch):
     directory = save_tiny(tmp_path / "tiny", family="gemma3", num_layers=8)
     config_path = directory / "config.json"
-    config_path.write_text(config_path.read_text().replace('"query_pre_attn_scalar": 256', '"query_pre_attn_scalar": 16'))
+    config_text = config_path.read_text()
+    config_path.write_text(config_text.replace('"query_pre_attn_scalar": 256', '"query_pre_attn_scalar": 16'))
     for weights in directory.glob("*.safetensors"):
         weights.unlink()  # a load would fail; the refusal must come first
     assert main(["export", "--model", str(directory), "--gguf", str(tmp_path / "out.gguf")]) == 2

@@ -143,9 +143,18 @@ def same_setting(ours: Any, theirs: Any) -> bool:
     return ours == theirs
 
 
+def effective_settings(config: Any) -> dict[str, Any]:
+    """A config as a dict, with a sliding window no shorter than the context read as none (it never slides)."""
+    settings = config.to_dict()
+    window, context = settings.get("sliding_window"), settings.get("max_position_embeddings")
+    if window is not None and context is not None and window >= context:
+        settings["sliding_window"] = None
+    return settings
+
+
 def unrecorded_settings(config: Any, reloaded: Any) -> list[str]:
     """The settings that change the model's function and that a reload from GGUF gets wrong."""
-    ours, theirs = config.to_dict(), reloaded.to_dict()
+    ours, theirs = effective_settings(config), effective_settings(reloaded)
     wrong = []
     for key in sorted(set(ours) | set(theirs)):
         if key in NON_FUNCTIONAL_KEYS or key.endswith(("_token_id", "pdrop")) or "dropout" in key or key[0] == "_":
