@@ -31,32 +31,18 @@ def set_path(root: nn.Module, path: str, value: nn.Module) -> None:
 
 
 @dataclass(frozen=True)
-class GGUFLayout:
-    """How llama.cpp names and lays out a family's tensors in a GGUF file.
+class GGUFSpec:
+    """What a family changes in the numbers it stores in a GGUF file (names come from `gguf`'s tables).
 
     Attributes:
-        arch: llama.cpp's architecture name (`general.architecture`, and the prefix of its keys).
-        top_names: (module path from the causal-LM model, GGUF tensor name) for the non-block parts.
-        block_names: (module path inside a block, GGUF name after `blk.N.`) for every block part.
-        rope_permute: (module path inside a block, config key of its head count) for the
-            projections whose rows llama.cpp expects interleaved per rotary pair (Llama's Q and K).
+        arch: llama.cpp's architecture name when it is not the `model_type` (less a `_text` suffix).
+        rope_interleave: Q/K rows go in llama.cpp's interleaved rotary order (its Llama layout).
+        norm_offset: added to every norm weight (Gemma keeps `scale - 1`, llama.cpp the scale).
     """
 
-    arch: str
-    top_names: tuple[tuple[str, str], ...]
-    block_names: tuple[tuple[str, str], ...]
-    rope_permute: tuple[tuple[str, str], ...] = ()
-
-
-LLAMA_GGUF = GGUFLayout(
-    arch="llama",
-    top_names=(("model.embed_tokens", "token_embd"), ("model.norm", "output_norm"), ("lm_head", "output")),
-    block_names=(("input_layernorm", "attn_norm"), ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
-                 ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
-                 ("post_attention_layernorm", "ffn_norm"), ("mlp.gate_proj", "ffn_gate"),
-                 ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down")),
-    rope_permute=(("self_attn.q_proj", "num_attention_heads"), ("self_attn.k_proj", "num_key_value_heads")),
-)
+    arch: str | None = None
+    rope_interleave: bool = False
+    norm_offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -78,7 +64,7 @@ class ArchAdapter:
             not end in a linear op and a full ReplaceMe transform cannot be folded.
         ffn_width_key: the config key holding the FFN width.
         lora_targets: linear-layer names LoRA adapts in this family.
-        gguf: the family's llama.cpp tensor layout, when `layercut export --gguf` supports it.
+        gguf: how the family's tensors are stored in a GGUF file; None: `export --gguf` refuses it.
     """
 
     name: str
@@ -96,7 +82,7 @@ class ArchAdapter:
     fused_gate_up: bool = False
     mlp_post_norm: str | None = None
     lora_targets: tuple[str, ...] = field(default=())
-    gguf: GGUFLayout | None = None
+    gguf: GGUFSpec | None = None
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return get_path(model, self.blocks_path)
@@ -156,19 +142,20 @@ _LLAMA_LIKE = dict(
 )
 
 ADAPTERS: tuple[ArchAdapter, ...] = (
-    ArchAdapter(name="llama", model_types=("llama",), gguf=LLAMA_GGUF, **_LLAMA_LIKE),
-    ArchAdapter(name="mistral", model_types=("mistral",), **_LLAMA_LIKE),
-    ArchAdapter(name="qwen2", model_types=("qwen2", "qwen3"), **_LLAMA_LIKE),
-    ArchAdapter(name="gemma", model_types=("gemma",), **_LLAMA_LIKE),
+    ArchAdapter(name="llama", model_types=("llama",), gguf=GGUFSpec(rope_interleave=True), **_LLAMA_LIKE),
+    ArchAdapter(name="mistral", model_types=("mistral",), gguf=GGUFSpec(arch="llama", rope_interleave=True),
+                **_LLAMA_LIKE),
+    ArchAdapter(name="qwen2", model_types=("qwen2", "qwen3"), gguf=GGUFSpec(), **_LLAMA_LIKE),
+    ArchAdapter(name="gemma", model_types=("gemma",), gguf=GGUFSpec(norm_offset=1.0), **_LLAMA_LIKE),
     ArchAdapter(name="gemma2", model_types=("gemma2", "gemma3_text"),
-                mlp_post_norm="post_feedforward_layernorm", **_LLAMA_LIKE),
+                mlp_post_norm="post_feedforward_layernorm", gguf=GGUFSpec(norm_offset=1.0), **_LLAMA_LIKE),
     ArchAdapter(
         name="phi3", model_types=("phi3",),
         blocks_path="model.layers", final_norm_path="model.norm",
         attn="self_attn", attn_out="o_proj",
         mlp="mlp", mlp_in=("gate_up_proj",), mlp_down="down_proj", fused_gate_up=True,
         input_norm="input_layernorm", post_attn_norm="post_attention_layernorm",
-        lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+        lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), gguf=GGUFSpec(),
     ),
     ArchAdapter(
         name="gpt2", model_types=("gpt2",),
@@ -176,7 +163,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         attn="attn", attn_out="c_proj",
         mlp="mlp", mlp_in=("c_fc",), mlp_down="c_proj",
         input_norm="ln_1", post_attn_norm="ln_2", ffn_width_key="n_inner",
-        lora_targets=("c_attn", "c_proj", "c_fc"),
+        lora_targets=("c_attn", "c_proj", "c_fc"), gguf=GGUFSpec(),
     ),
 )
 

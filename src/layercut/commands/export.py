@@ -9,14 +9,15 @@ from pathlib import Path
 from layercut.commands.common import add_model_args, load_from_args
 from layercut.errors import ConfigError
 from layercut.export import ensure_output_free, save_checkpoint
-from layercut.gguf_export import GGUF_TYPES, export_gguf
+from layercut.gguf_export import GGUF_TYPES, check_gguf_export, export_gguf
+from layercut.loading import peek_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="write a GGUF file for llama.cpp / Ollama, or a checkpoint with a recipe",
                                    description=__doc__)
     add_model_args(parser)
-    parser.add_argument("--gguf", help="write a GGUF file here (Llama-family models)")
+    parser.add_argument("--gguf", help="write a GGUF file here (Llama, Mistral, Qwen2/3, Phi-3, Gemma 2/3)")
     parser.add_argument("--gguf-type", choices=GGUF_TYPES, default="f16",
                         help="precision of the GGUF matrices; norms stay f32 (default: %(default)s)")
     parser.add_argument("--out", help="also write a Hugging Face checkpoint here")
@@ -34,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
         if path:
             ensure_output_free(path, args.overwrite)
     recipe_text = Path(args.recipe).read_text(encoding="utf-8") if args.recipe else None
+    if args.gguf:
+        check_gguf_export(peek_config(args.model, args.trust_remote_code))
     loaded = load_from_args(args)
     if args.out:
         step = {"command": "export", "method": "recipe" if recipe_text else "checkpoint",
