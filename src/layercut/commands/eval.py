@@ -43,7 +43,7 @@ def evaluate_spec(spec: str, args: argparse.Namespace, tasks: list[Task],
                   ppl: PerplexitySettings | None) -> ModelEvaluation:
     """Load one model, evaluate it, and release it before the next one is loaded."""
     loaded = load_from_args(argparse.Namespace(**{**vars(args), "model": spec}))
-    evaluation = evaluate_model(loaded, tasks, ppl, args.task_batch_size, not args.no_progress)
+    evaluation = evaluate_model(loaded, tasks, ppl, args.task_batch_size, not args.no_progress, args.logits_mib)
     del loaded
     gc.collect()
     return evaluation
