@@ -46,10 +46,13 @@ def test_chunked_head_equals_full_logits(family, overrides, chunk):
     with torch.no_grad():
         full = model(input_ids=windows).logits.reshape(-1, adapter.vocab_size(model))
         hidden = adapter.final_hidden(model, input_ids=windows).reshape(full.shape[0], -1)
-        logprobs, greedy = chunked_target_logprobs(lambda h: adapter.head_logits(model, h), hidden, targets, chunk)
+        head = lambda h: adapter.head_logits(model, h)  # noqa: E731
+        logprobs, greedy = chunked_target_logprobs(head, hidden, targets, chunk)
+        only, skipped = chunked_target_logprobs(head, hidden, targets, chunk, greedy=False)
     direct = torch.log_softmax(full, dim=-1).gather(-1, targets[:, None])[:, 0]
     assert torch.allclose(logprobs, direct, atol=1e-5)
     assert torch.equal(greedy, full.argmax(-1) == targets)
+    assert torch.equal(only, logprobs) and skipped is None
     if "final_logit_softcapping" in overrides:  # the cap is active: it bounds logits the plain head exceeds
         assert full.abs().max() <= 0.3 < model.lm_head(hidden).abs().max()
 

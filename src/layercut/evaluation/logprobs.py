@@ -27,29 +27,33 @@ def chunk_positions(vocab_size: int, logits_mib: int) -> int:
 
 
 def chunked_target_logprobs(head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor,
-                            chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(target) in float32 and whether the target is the argmax, for hidden states [N, d] and
-    targets [N], applying `head` (hidden -> logits) to `chunk` rows at a time."""
-    logprobs, greedy = [], []
+                            chunk: int, greedy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(target) in float32 and (when `greedy`) whether the target is the argmax, for hidden
+    states [N, d] and targets [N], applying `head` (hidden -> logits) to `chunk` rows at a time.
+    The argmax is an extra pass over the logits, skipped when only the log-probabilities count."""
+    logprobs, hits = [], []
     for start in range(0, hidden.shape[0], chunk):
         logits = head(hidden[start:start + chunk]).float()
         target = targets[start:start + chunk].to(logits.device)
         picked = logits.gather(-1, target[:, None])[:, 0]
         logprobs.append(picked - torch.logsumexp(logits, dim=-1))
-        greedy.append(logits.argmax(dim=-1) == target)
+        if greedy:
+            hits.append(logits.argmax(dim=-1) == target)
         del logits
-    return torch.cat(logprobs), torch.cat(greedy)
+    return torch.cat(logprobs), torch.cat(hits) if greedy else None
 
 
 def target_logprobs(model: nn.Module, inputs: dict[str, torch.Tensor], rows: torch.Tensor, columns: torch.Tensor,
-                    targets: torch.Tensor, logits_mib: int = DEFAULT_LOGITS_MIB) -> tuple[torch.Tensor, torch.Tensor]:
+                    targets: torch.Tensor, logits_mib: int = DEFAULT_LOGITS_MIB,
+                    greedy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run `model` on `inputs` and return, for each cell (rows[i], columns[i]) of the batch, the
-    log-probability of `targets[i]` as the next token and whether greedy decoding picks it."""
+    log-probability of `targets[i]` as the next token and (when `greedy`) whether greedy decoding
+    picks it."""
     adapter = adapter_for_model_type(getattr(model.config, "model_type", "<none>"))
     hidden = adapter.final_hidden(model, **inputs)
     picked = hidden[rows.to(hidden.device), columns.to(hidden.device)]
     return chunked_target_logprobs(lambda states: adapter.head_logits(model, states), picked, targets,
-                                   chunk_positions(adapter.vocab_size(model), logits_mib))
+                                   chunk_positions(adapter.vocab_size(model), logits_mib), greedy)
 
 
 def next_token_logprobs(model: nn.Module, input_ids: torch.Tensor,
@@ -60,5 +64,5 @@ def next_token_logprobs(model: nn.Module, input_ids: torch.Tensor,
     rows = torch.arange(batch).repeat_interleave(length - 1)
     columns = torch.arange(length - 1).repeat(batch)
     logprobs, _ = target_logprobs(model, {"input_ids": input_ids}, rows, columns,
-                                  input_ids[:, 1:].reshape(-1), logits_mib)
+                                  input_ids[:, 1:].reshape(-1), logits_mib, greedy=False)
     return logprobs

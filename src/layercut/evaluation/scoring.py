@@ -173,6 +173,7 @@ def score_batch(model: nn.Module, rows: Sequence[PackedRow], pad_id: int,
               "attention_mask": attention_bias(segments.to(device), dtype)}
     logprobs, greedy = target_logprobs(model, inputs, torch.tensor(rows_at), torch.tensor(columns),
                                        torch.tensor(targets), logits_mib)
+    assert greedy is not None
     picked, hits = logprobs.tolist(), greedy.tolist()
     totals: dict[tuple[int, int], list] = {}
     for key, value, hit in zip(owners, picked, hits):
