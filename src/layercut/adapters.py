@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from layercut.errors import UnsupportedArchitectureError
@@ -28,6 +29,11 @@ def set_path(root: nn.Module, path: str, value: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = get_path(root, parent_path) if parent_path else root
     setattr(parent, name, value)
+
+
+def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap), in the logits' own dtype (the order transformers uses)."""
+    return torch.tanh(logits / cap) * cap
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,11 @@ class ArchAdapter:
         ffn_width_key: the config key holding the FFN width.
         lora_targets: linear-layer names LoRA adapts in this family.
         gguf: how the family's tensors are stored in a GGUF file; None: `export --gguf` refuses it.
+        body_path: the model body, from the causal-LM model; its `last_hidden_state` is already
+            through the final norm.
+        lm_head_path: the vocabulary projection, from the causal-LM model.
+        logit_softcap_key: the config key of a final logit soft-cap (Gemma 2/3:
+            logits = cap * tanh(logits / cap)); the cap is skipped when the key's value is None.
     """
 
     name: str
@@ -83,6 +94,9 @@ class ArchAdapter:
     mlp_post_norm: str | None = None
     lora_targets: tuple[str, ...] = field(default=())
     gguf: GGUFSpec | None = None
+    body_path: str = "model"
+    lm_head_path: str = "lm_head"
+    logit_softcap_key: str | None = None
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return get_path(model, self.blocks_path)
@@ -104,6 +118,20 @@ class ArchAdapter:
 
     def attn_out_proj(self, block: nn.Module) -> nn.Module:
         return get_path(block, f"{self.attn}.{self.attn_out}")
+
+    def final_hidden(self, model: nn.Module, **inputs: torch.Tensor) -> torch.Tensor:
+        """The body's final (normed) hidden states [batch, seq, d]: the causal LM without its head."""
+        return get_path(model, self.body_path)(**inputs, use_cache=False).last_hidden_state
+
+    def vocab_size(self, model: nn.Module) -> int:
+        """Rows of the LM head (the width of the logits)."""
+        return int(get_path(model, self.lm_head_path).weight.shape[0])
+
+    def head_logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of `hidden` [..., d] exactly as the causal LM computes them from its final hidden states."""
+        logits = get_path(model, self.lm_head_path)(hidden)
+        cap = getattr(model.config, self.logit_softcap_key, None) if self.logit_softcap_key else None
+        return logits if cap is None else soft_cap(logits, cap)
 
     @property
     def can_fold_linear(self) -> bool:
@@ -148,7 +176,8 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
     ArchAdapter(name="qwen2", model_types=("qwen2", "qwen3"), gguf=GGUFSpec(), **_LLAMA_LIKE),
     ArchAdapter(name="gemma", model_types=("gemma",), gguf=GGUFSpec(norm_offset=1.0), **_LLAMA_LIKE),
     ArchAdapter(name="gemma2", model_types=("gemma2", "gemma3_text"),
-                mlp_post_norm="post_feedforward_layernorm", gguf=GGUFSpec(norm_offset=1.0), **_LLAMA_LIKE),
+                mlp_post_norm="post_feedforward_layernorm", gguf=GGUFSpec(norm_offset=1.0),
+                logit_softcap_key="final_logit_softcapping", **_LLAMA_LIKE),
     ArchAdapter(
         name="phi3", model_types=("phi3",),
         blocks_path="model.layers", final_norm_path="model.norm",
@@ -162,7 +191,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         blocks_path="transformer.h", final_norm_path="transformer.ln_f",
         attn="attn", attn_out="c_proj",
         mlp="mlp", mlp_in=("c_fc",), mlp_down="c_proj",
-        input_norm="ln_1", post_attn_norm="ln_2", ffn_width_key="n_inner",
+        input_norm="ln_1", post_attn_norm="ln_2", ffn_width_key="n_inner", body_path="transformer",
         lora_targets=("c_attn", "c_proj", "c_fc"), gguf=GGUFSpec(),
     ),
 )

@@ -179,6 +179,7 @@ class EvalStep(Step):
     max_tokens: PositiveInt | None = None
     seq_len: int | None = Field(None, ge=2)
     ppl_batch_size: PositiveInt | None = None
+    logits_mib: PositiveInt | None = None
     tasks: str | list[str] | None = None
     tasks_dir: str | None = None
     limit: PositiveInt | None = None

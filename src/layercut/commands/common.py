@@ -10,6 +10,7 @@ import torch
 
 from layercut.data import calibration_windows
 from layercut.errors import ConfigError
+from layercut.evaluation.logprobs import DEFAULT_LOGITS_MIB
 from layercut.evaluation.suite import PerplexitySettings
 from layercut.evaluation.tasks import Task, load_task
 from layercut.loading import LoadedModel, load_model
@@ -68,6 +69,9 @@ def add_eval_args(parser: argparse.ArgumentParser, window_flag: str = "--seq-len
     group.add_argument(window_flag, dest="ppl_seq_len", type=int_at_least(2), metavar="TOKENS",
                        help="perplexity window length (default: model length, at most 2048)")
     group.add_argument("--ppl-batch-size", type=positive_int, default=1, help="perplexity windows per forward pass")
+    group.add_argument("--logits-mib", type=positive_int, default=DEFAULT_LOGITS_MIB, metavar="MIB",
+                       help="memory for the vocabulary projection: logits are computed and reduced this many "
+                            "MiB (float32) at a time, whatever the batch and window (default: %(default)s)")
     group.add_argument("--tasks", help="comma-separated task names, .jsonl paths or hf: datasets")
     group.add_argument("--tasks-dir", help="folder holding the task files of registered task names")
     group.add_argument("--limit", type=positive_int, help="evaluate only the first N items of each task")
@@ -80,7 +84,8 @@ def check_eval_args(args: argparse.Namespace, batch_flag: str = "--batch-size") 
     """Refuse an evaluation with nothing to measure or with empty batches."""
     if not args.ppl and not args.tasks:
         raise ConfigError("nothing to evaluate; pass --ppl TEXT and/or --tasks piqa,arc_easy,... (with --tasks-dir)")
-    for value, flag in ((args.task_batch_size, batch_flag), (args.ppl_batch_size, "--ppl-batch-size")):
+    for value, flag in ((args.task_batch_size, batch_flag), (args.ppl_batch_size, "--ppl-batch-size"),
+                        (args.logits_mib, "--logits-mib")):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1")
 

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 "limit": args.limit, "num_fewshot": args.num_fewshot, "device": str(dense.device),
                 "dtype": str(next(dense.model.parameters()).dtype)}
     report = compare_methods(dense, windows, requests_from_args(args, methods), tasks, ppl, args.task_batch_size,
-                             settings, progress=not args.no_progress)
+                             settings, progress=not args.no_progress, logits_mib=args.logits_mib)
     if args.plot:
         plot_compare(report, args.plot)
     if args.report:

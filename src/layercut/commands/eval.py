@@ -66,7 +66,7 @@ def evaluate_spec(spec: str, args: argparse.Namespace, tasks: list[Task], ppl: P
         print(f"{spec}: reusing its evaluation measured {date} (same weights, text, tasks and settings; "
               "--no-cache re-measures)", file=sys.stderr)
     else:
-        evaluation = evaluate_model(loaded, tasks, ppl, args.task_batch_size, not args.no_progress)
+        evaluation = evaluate_model(loaded, tasks, ppl, args.task_batch_size, not args.no_progress, args.logits_mib)
         if key:
             cache.store(key, evaluation, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     del loaded
