@@ -41,8 +41,8 @@ def make_tokenizer(add_bos: bool = False):
 
 def tiny_config(family: str, num_layers: int = 6):
     """A random-weight config of `family` small enough for unit tests (hidden 64, 4 heads)."""
-    from transformers import (Gemma2Config, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, Phi3Config,
-                              Qwen2Config)
+    from transformers import (Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig,
+                              Phi3Config, Qwen2Config)
 
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -51,8 +51,10 @@ def tiny_config(family: str, num_layers: int = 6):
         return GPT2Config(vocab_size=VOCAB, n_embd=64, n_inner=128, n_layer=num_layers, n_head=4, n_positions=512,
                           pad_token_id=2, bos_token_id=0, eos_token_id=1)
     classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig, "gemma": GemmaConfig,
-               "gemma2": Gemma2Config, "phi3": Phi3Config}
-    extra = {"head_dim": 16} if family in ("gemma", "gemma2") else {}
+               "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig, "phi3": Phi3Config}
+    extra = {"head_dim": 16} if family.startswith("gemma") else {}
+    if family == "gemma3":  # a sliding window shorter than the test windows, so both attention kinds matter
+        extra["sliding_window"] = 8
     return classes[family](**common, **extra)
 
 
