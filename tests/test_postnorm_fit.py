@@ -8,7 +8,7 @@ import torch
 
 from conftest import random_windows, tiny_loaded
 from layercut.capture import first_tensor, forward_blocks
-from layercut.postnorm_fit import (effective_scale, fit_norm_scale, fit_through_norm, fold_through_norm, post_norm,
+from layercut.postnorm_fit import (direction_weights, effective_scale, fit_norm_scale, fit_through_norm, fold_through_norm, post_norm,
                                    rms_norm, scaled_targets, through_norm_loss)
 from layercut.replaceme import solve_lstsq
 
@@ -53,6 +53,18 @@ def test_scaled_targets_formula_and_identity_when_nothing_is_cut():
     zed = scaled_targets(mlp_out, branch, scale)
     transform = solve_lstsq(mlp_out.T @ mlp_out, mlp_out.T @ zed)
     torch.testing.assert_close(transform, torch.eye(16, dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+def test_direction_weighted_start_fits_each_token_direction_equally():
+    torch.manual_seed(4)
+    mlp_out = torch.randn(120, 8, dtype=torch.float64)
+    zed = torch.randn(120, 8, dtype=torch.float64) * torch.logspace(0, 3, 120, dtype=torch.float64).unsqueeze(1)
+    weight = direction_weights(zed)
+    torch.testing.assert_close(weight, 1.0 / (zed ** 2).sum(1))
+    weighted = mlp_out * weight.unsqueeze(1)
+    transform = solve_lstsq(weighted.T @ mlp_out, weighted.T @ zed)
+    root = weight.sqrt().unsqueeze(1)  # the same fit on rows scaled to unit-norm targets
+    torch.testing.assert_close(transform, torch.linalg.lstsq(root * mlp_out, root * zed).solution)
 
 
 def test_fit_norm_scale_equals_per_channel_least_squares():

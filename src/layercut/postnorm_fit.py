@@ -38,6 +38,13 @@ def scaled_targets(mlp_out: torch.Tensor, target: torch.Tensor, scale: torch.Ten
     return target.double() / scale.double() * rms
 
 
+def direction_weights(zed: torch.Tensor) -> torch.Tensor:
+    """Per-token least-squares weights 1 / ||z_t||^2: the norm discards each token's size, so the
+    start should fit every token's direction equally rather than let the few massive-activation
+    tokens (Gemma's BOS rows, tens of times the typical norm) dominate the squared error."""
+    return 1.0 / zed.double().pow(2).sum(-1).clamp_min(1e-30)
+
+
 def fit_norm_scale(normalized: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
                    ) -> torch.Tensor:
     """Per-channel scale g minimising sum_t w_t ||g * n_t - r_t||^2, in closed form:
