@@ -68,6 +68,9 @@ class ArchAdapter:
         input_norm / post_attn_norm: the two pre-norms of a block.
         mlp_post_norm: a norm applied after the MLP (Gemma 2/3); when set, the MLP branch does
             not end in a linear op and a full ReplaceMe transform cannot be folded.
+        mlp_pre_norm: the norm in front of the MLP when it is not `post_attn_norm` (Gemma 2/3 put
+            `post_attention_layernorm` after the attention and `pre_feedforward_layernorm` before the MLP).
+        norm_weight_offset: the RMSNorms multiply by (offset + weight); Gemma stores weight = g - 1.
         ffn_width_key: the config key holding the FFN width.
         lora_targets: linear-layer names LoRA adapts in this family.
         gguf: how the family's tensors are stored in a GGUF file; None: `export --gguf` refuses it.
@@ -92,6 +95,8 @@ class ArchAdapter:
     ffn_width_key: str = "intermediate_size"
     fused_gate_up: bool = False
     mlp_post_norm: str | None = None
+    mlp_pre_norm: str | None = None
+    norm_weight_offset: float = 0.0
     lora_targets: tuple[str, ...] = field(default=())
     gguf: GGUFSpec | None = None
     body_path: str = "model"
@@ -112,6 +117,10 @@ class ArchAdapter:
 
     def mlp_inputs(self, block: nn.Module) -> list[nn.Module]:
         return [get_path(block, f"{self.mlp}.{name}") for name in self.mlp_in]
+
+    def mlp_norm_path(self) -> str:
+        """The path of the norm whose output feeds the MLP."""
+        return self.mlp_pre_norm or self.post_attn_norm
 
     def attn_module(self, block: nn.Module) -> nn.Module:
         return get_path(block, self.attn)
@@ -174,9 +183,10 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
     ArchAdapter(name="mistral", model_types=("mistral",), gguf=GGUFSpec(arch="llama", rope_interleave=True),
                 **_LLAMA_LIKE),
     ArchAdapter(name="qwen2", model_types=("qwen2", "qwen3"), gguf=GGUFSpec(), **_LLAMA_LIKE),
-    ArchAdapter(name="gemma", model_types=("gemma",), gguf=GGUFSpec(norm_offset=1.0), **_LLAMA_LIKE),
-    ArchAdapter(name="gemma2", model_types=("gemma2", "gemma3_text"),
-                mlp_post_norm="post_feedforward_layernorm", gguf=GGUFSpec(norm_offset=1.0),
+    ArchAdapter(name="gemma", model_types=("gemma",), norm_weight_offset=1.0, gguf=GGUFSpec(norm_offset=1.0),
+                **_LLAMA_LIKE),
+    ArchAdapter(name="gemma2", model_types=("gemma2", "gemma3_text"), mlp_pre_norm="pre_feedforward_layernorm",
+                mlp_post_norm="post_feedforward_layernorm", norm_weight_offset=1.0, gguf=GGUFSpec(norm_offset=1.0),
                 logit_softcap_key="final_logit_softcapping", **_LLAMA_LIKE),
     ArchAdapter(
         name="phi3", model_types=("phi3",),

@@ -7,8 +7,9 @@ trained with MSE to map X_k to X_{k+n}:
 
 - "layer": a copy of block k (the model's own decoder-layer class), called with the
   arguments the model itself passed to block k (position embeddings, masks) captured by a hook;
-- "ffn": block k's MLP with its pre-norm, x + MLP(norm(x)). It is exported as block k with a
-  zeroed attention output projection, so plain `transformers` loads the result.
+- "ffn": block k's MLP with the norms around it, x + MLP(norm(x)) (x + post(MLP(norm(x))) in
+  Gemma 2/3). It is exported as block k with a zeroed attention output projection, so plain
+  `transformers` loads the result.
 
 An optional second stage fine-tunes the replacement with the next-token loss.
 """
@@ -32,7 +33,7 @@ from layercut.adapters import get_path
 from layercut.calibration.capture import calibrate, first_tensor, forward_blocks
 from layercut.calibration.scores import redundancy
 from layercut.calibration.selection import choose_spans
-from layercut.errors import ConfigError, UnsupportedArchitectureError
+from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
 from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
 from layercut.surgery import remove_blocks
@@ -65,15 +66,18 @@ class StreamlineSettings(MethodOptions):
 
 
 class FFNReplacement(nn.Module):
-    """x + MLP(norm(x)): an MLP of the model's own class with its pre-norm, as one residual step."""
+    """x + MLP(norm(x)), or x + post_norm(MLP(norm(x))) in families that normalise the MLP output
+    (Gemma 2/3): an MLP of the model's own class with the norms that wrap it, as one residual step."""
 
-    def __init__(self, norm: nn.Module, mlp: nn.Module) -> None:
+    def __init__(self, norm: nn.Module, mlp: nn.Module, post_norm: nn.Module | None = None) -> None:
         super().__init__()
         self.norm = norm
         self.mlp = mlp
+        self.post_norm = post_norm
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden + first_tensor(self.mlp(self.norm(hidden)))
+        branch = first_tensor(self.mlp(self.norm(hidden)))
+        return hidden + (branch if self.post_norm is None else self.post_norm(branch))
 
 
 class HiddenStore:
@@ -173,12 +177,9 @@ def build_replacement(loaded: LoadedModel, start: int, kind: str) -> nn.Module:
     if kind == "layer":
         module = copy.deepcopy(block)
     else:
-        if adapter.mlp_post_norm is not None:
-            raise UnsupportedArchitectureError(
-                f"{adapter.name} normalises the MLP output ({adapter.mlp_post_norm}), so an FFN replacement cannot "
-                "be exported as a plain decoder layer; use --method streamline-layer for this model")
-        module = FFNReplacement(copy.deepcopy(get_path(block, adapter.post_attn_norm)),
-                                copy.deepcopy(adapter.mlp_module(block)))
+        post_norm = None if adapter.mlp_post_norm is None else copy.deepcopy(get_path(block, adapter.mlp_post_norm))
+        module = FFNReplacement(copy.deepcopy(get_path(block, adapter.mlp_norm_path())),
+                                copy.deepcopy(adapter.mlp_module(block)), post_norm)
     return module.float().eval()  # eval: no dropout while regressing hidden states
 
 
@@ -289,7 +290,9 @@ def install_replacement(loaded: LoadedModel, start: int, span_len: int, module: 
     """Write the trained module into block `start` and delete blocks start+1 .. start+span_len-1.
 
     For "ffn", block `start` keeps its attention but its output projection (weight and bias) is
-    zeroed, so the block computes x + MLP(norm(x)): a plain decoder layer of the model's class.
+    zeroed, so the block computes x + MLP(norm(x)) (with the post-MLP norm where the family has
+    one): a plain decoder layer of the model's class. A norm after the attention (Gemma's
+    post_attention_layernorm, an RMSNorm) maps the zero attention output to zero.
     """
     adapter = loaded.adapter
     block = adapter.blocks(loaded.model)[start]
@@ -297,8 +300,10 @@ def install_replacement(loaded: LoadedModel, start: int, span_len: int, module: 
         if kind == "layer":
             block.load_state_dict(module.state_dict())
         else:
-            get_path(block, adapter.post_attn_norm).load_state_dict(module.norm.state_dict())
+            get_path(block, adapter.mlp_norm_path()).load_state_dict(module.norm.state_dict())
             adapter.mlp_module(block).load_state_dict(module.mlp.state_dict())
+            if module.post_norm is not None:
+                get_path(block, adapter.mlp_post_norm).load_state_dict(module.post_norm.state_dict())
             out_proj = adapter.attn_out_proj(block)
             for param in (out_proj.weight, getattr(out_proj, "bias", None)):
                 if param is not None:
@@ -312,7 +317,9 @@ def replacement_parameters(loaded: LoadedModel, block_index: int, kind: str) -> 
     block = adapter.blocks(loaded.model)[block_index]
     if kind == "layer":
         return list(block.parameters())
-    return [*get_path(block, adapter.post_attn_norm).parameters(), *adapter.mlp_module(block).parameters()]
+    norms = [adapter.mlp_norm_path()] + ([adapter.mlp_post_norm] if adapter.mlp_post_norm else [])
+    return [param for path in norms for param in get_path(block, path).parameters()] + \
+        list(adapter.mlp_module(block).parameters())
 
 
 def lm_loss_stage(loaded: LoadedModel, windows: torch.Tensor, block_index: int, kind: str,
