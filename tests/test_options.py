@@ -49,7 +49,7 @@ def test_flags_become_the_methods_validated_options() -> None:
 
 
 def test_recipe_checks_an_option_with_its_declared_constraint() -> None:
-    data = {"work_dir": "runs/x", "steps": [{"prune": {"method": "laco", "cut": 2, "laco_layers": 1}}]}
+    data = {"model": "smollm2-135m", "work_dir": "runs/x", "steps": [{"prune": {"method": "laco", "cut": 2, "laco_layers": 1}}]}
     with pytest.raises(RecipeError, match=r"steps\[0\].prune.laco_layers: Input should be greater than or equal to 2"):
         validate_recipe(data, None, "recipe.yaml")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,26 +13,40 @@ from layercut.data import calibration_windows
 from layercut.errors import ConfigError
 from layercut.evaluation.suite import PerplexitySettings
 from layercut.evaluation.tasks import Task, load_task
-from layercut.loading import LoadedModel, load_model
+from layercut.export import check_output_location
+from layercut.loading import (LoadedModel, estimate_checkpoint_bytes, load_model, peek_config, resolve_device,
+                              resolve_dtype)
 
 DEFAULT_MODEL = "smollm2-135m"
 
 
-def int_at_least(minimum: int):
-    """An argparse type: an integer >= `minimum`, refused at parse time (before any model loads)."""
+def int_at_least(minimum: int, why: str = ""):
+    """An argparse type: an integer >= `minimum`, refused at parse time (before any model loads);
+    `why` explains the minimum in the message."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {value})")
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {value}){f': {why}' if why else ''}")
         return value
     parse.__name__ = f"int>={minimum}"
     return parse
 
 
 positive_int = int_at_least(1)
+block_count = int_at_least(1, "a cut of 0 blocks leaves nothing to do")
+
+
+def add_cut_args(parser: argparse.ArgumentParser) -> None:
+    """The flags every depth-pruning command shares: how many blocks, and which blocks stay protected."""
+    parser.add_argument("--cut", type=block_count, required=True, help="number of blocks to remove in total")
+    parser.add_argument("--min-start", type=int_at_least(0),
+                        help="earliest block a cut may touch (default 1: the first block is kept; 0 allows it)")
+    parser.add_argument("--allow-last", action="store_true",
+                        help="let span methods, shortgpt and laco cut the final block (kept by default: "
+                             "cutting next to the output hurts most)")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +118,19 @@ def ppl_from_args(args: argparse.Namespace) -> PerplexitySettings | None:
 def add_output_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--out", required=required, help="output directory (a Hugging Face checkpoint)")
     parser.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+
+
+def peek_from_args(args: argparse.Namespace) -> Any:
+    """The model's config, read without its weights, so a command refuses what cannot work first."""
+    return peek_config(args.model, args.trust_remote_code)
+
+
+def check_output_room(args: argparse.Namespace, config: Any, path: str, flag: str = "--out",
+                      dtype: str | None = None) -> None:
+    """Refuse an output location that is not writable or lacks room for a checkpoint of `config`
+    (in `dtype`, by default the one the model will load in), before any weights load."""
+    resolved = resolve_dtype(dtype or args.dtype, resolve_device(args.device))
+    check_output_location(path, estimate_checkpoint_bytes(config, resolved), flag)
 
 
 def seed_everything(seed: int) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layercut.commands.common import add_model_args, load_from_args
+from layercut.commands.common import add_model_args, check_output_room, load_from_args, peek_from_args
 from layercut.errors import ConfigError
 from layercut.export import ensure_output_free, save_checkpoint
 from layercut.gguf_export import GGUF_TYPES, export_gguf
@@ -34,6 +34,11 @@ def run(args: argparse.Namespace) -> int:
         if path:
             ensure_output_free(path, args.overwrite)
     recipe_text = Path(args.recipe).read_text(encoding="utf-8") if args.recipe else None
+    config = peek_from_args(args)
+    if args.out:
+        check_output_room(args, config, args.out)
+    if args.gguf:
+        check_output_room(args, config, args.gguf, "--gguf", {"f16": "float16", "f32": "float32"}[args.gguf_type])
     loaded = load_from_args(args)
     if args.out:
         step = {"command": "export", "method": "recipe" if recipe_text else "checkpoint",

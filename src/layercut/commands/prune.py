@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from layercut.commands.common import (add_calib_args, add_model_args, add_output_args, calib_description,
-                                      calib_from_args, load_from_args, seed_everything)
+from layercut.commands.common import (add_calib_args, add_cut_args, add_model_args, add_output_args,
+                                      calib_description, calib_from_args, check_output_room, int_at_least,
+                                      load_from_args, peek_from_args, positive_int, seed_everything)
 from layercut.commands.options import add_option_groups, options_from_args
 from layercut.distributed import is_main_process
 from layercut.errors import ConfigError
@@ -15,7 +16,7 @@ from layercut.loading import LoadedModel
 from layercut.methods.base import option_types
 from layercut.methods.sublayers import GRANULARITIES
 from layercut.onload import OFFLOAD_CHOICES, check_offload_supported, load_onloaded, materialize
-from layercut.prune import METHODS, PruneOutcome, PruneRequest, prune
+from layercut.prune import METHODS, PruneOutcome, PruneRequest, check_family, check_request, prune
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,10 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_calib_args(parser)
     add_output_args(parser)
     parser.add_argument("--method", required=True, choices=sorted(METHODS), help="depth-pruning method")
-    parser.add_argument("--cut", type=int, required=True, help="number of blocks to remove in total")
-    parser.add_argument("--start", type=int, help="force the first removed block (single cut)")
-    parser.add_argument("--min-start", type=int, help="earliest block a cut may start at")
-    parser.add_argument("--num-cuts", type=int, default=1, help="split the cut into this many separate spans")
+    add_cut_args(parser)
+    parser.add_argument("--start", type=int_at_least(0), help="force the first removed block (single cut)")
+    parser.add_argument("--num-cuts", type=positive_int, default=1, help="split the cut into this many separate spans")
     parser.add_argument("--select", default=None,
                         help="span score: angular, angular-last or cosine (default: cosine for streamline-*, else angular)")
     parser.add_argument("--offload", choices=OFFLOAD_CHOICES, default="none",
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(zeroed output projections; --method angular)")
     add_option_groups(parser, option_types(METHODS.values()))
     healing = parser.add_argument_group("healing (LayerChop; `layercut heal` has every option)")
-    healing.add_argument("--heal-steps", type=int, default=0,
+    healing.add_argument("--heal-steps", type=int_at_least(0), default=0,
                          help="after the cut, continue pretraining for N steps on the --calib text")
     healing.add_argument("--heal-mode", choices=("full", "lora"), default="full", help="train all weights or LoRA")
     healing.add_argument("--heal-lr", type=float, default=None, help="peak learning rate (default: 1e-4 full, 1e-3 lora)")
@@ -51,7 +51,7 @@ def request_from_args(args: argparse.Namespace) -> PruneRequest:
     return PruneRequest(
         method=args.method, cut=args.cut, start=args.start, min_start=args.min_start, num_cuts=args.num_cuts,
         select=args.select or spec.select, batch_size=args.batch_size, seed=args.seed,
-        granularity=args.granularity, options=options_from_args(args, spec.options))
+        granularity=args.granularity, allow_last=args.allow_last, options=options_from_args(args, spec.options))
 
 
 def load_for_prune(args: argparse.Namespace) -> LoadedModel:
@@ -88,10 +88,29 @@ def describe_removal(outcome: PruneOutcome, granularity: str) -> str:
     return f"removed blocks {outcome.removed}"
 
 
-def run(args: argparse.Namespace) -> int:
-    ensure_output_free(args.out, args.overwrite)
-    loaded = load_for_prune(args)
+def check_before_loading(args: argparse.Namespace) -> PruneRequest:
+    """Everything decided from the arguments and the config alone: the request fits the model, the
+    method works on its family, the output location is free, writable and has room."""
     request = request_from_args(args)
+    ensure_output_free(args.out, args.overwrite)
+    if args.offload == "layers":
+        check_offload_supported(args.method, args.granularity, args.heal_steps)
+    config = peek_from_args(args)
+    check_request(request, config.num_hidden_layers)
+    check_family(args.method, config)
+    check_output_room(args, config, args.out)
+    return request
+
+
+def protection_lines(outcome: PruneOutcome) -> list[str]:
+    """What the summary says about the blocks the method kept, and why the cut moved off the best span."""
+    summary, note = outcome.details.get("protected_summary"), outcome.details.get("protection_note")
+    return ([f"protected: {summary}"] if summary else []) + ([note] if note else [])
+
+
+def run(args: argparse.Namespace) -> int:
+    request = check_before_loading(args)
+    loaded = load_for_prune(args)
     layers_before, params_before = loaded.num_layers, count_parameters(loaded.model)
     windows = calib_from_args(args, loaded)
     outcome = prune(loaded, windows, request)
@@ -113,5 +132,7 @@ def run(args: argparse.Namespace) -> int:
     save_checkpoint(loaded, args.out, step, overwrite=args.overwrite)
     print(f"{args.method}: {removed_what} ({layers_before} -> {loaded.num_layers} layers, "
           f"{params_before:,} -> {result['params_after']:,} parameters) in {outcome.seconds:.1f}s")
+    for line in protection_lines(outcome):
+        print(line)
     print(f"saved to {args.out}")
     return 0

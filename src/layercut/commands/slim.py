@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layercut.commands.common import add_model_args, add_output_args, load_from_args
-from layercut.commands.options import add_option_groups
+from layercut.commands.common import add_model_args, add_output_args, check_output_room, load_from_args, peek_from_args
+from layercut.commands.options import add_option_groups, options_from_args
 from layercut.errors import ConfigError
 from layercut.export import ensure_output_free, save_checkpoint
 from layercut.methods.base import SLIM_METHODS
@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad flag combinations before the model is loaded."""
     keep_count(2, args.ratio)
+    options_from_args(args, SLIM_METHODS[args.method])
     if args.method == "magnitude" and (args.policy or args.policy_out):
         raise ConfigError("--policy/--policy-out only apply to --method prunenet")
     if args.policy and args.policy_out:
@@ -46,6 +47,7 @@ def check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     check_args(args)
     ensure_output_free(args.out, args.overwrite)
+    check_output_room(args, peek_from_args(args), args.out)
     loaded = load_from_args(args)
     config = PolicyConfig(ratio=args.ratio, episodes=args.episodes, lr=args.lr, seed=args.seed)
     step = slim_model(loaded, args.method, config, args.policy, args.policy_out, args.overwrite,

@@ -5,7 +5,8 @@ parameters and adding each later block's difference from it ("reserving differen
 seeking common"): theta_l + sum_k (theta_{l+k} - theta_l); the merged-away blocks are deleted.
 Every merge is tried on a few calibration windows and kept only when the final hidden states of
 the merged model stay close to the original model's (mean token cosine >= a threshold);
-otherwise it is undone. Merges proceed from the top of the model down, as in the paper.
+otherwise it is undone. Merges proceed from the top of the model down, as in the paper, but below
+the final block unless `--allow-last` (the first block is never merged away either).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from layercut.calibration.scores import cosine_rows
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
 from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.protection import protection_details
 from layercut.surgery import remove_blocks
 
 
@@ -70,9 +72,10 @@ def representation_similarity(reference: torch.Tensor, candidate: torch.Tensor) 
 
 
 def collapse(loaded: LoadedModel, windows: torch.Tensor, cut: int, settings: LacoSettings, lowest: int = 1,
-             batch_size: int = 8) -> tuple[list[int], list[dict[str, Any]]]:
-    """Merge blocks from the top down until `cut` blocks are gone; returns the removed block indices
-    (of the input model) and a log of every merge tried."""
+             batch_size: int = 8, keep_top: int = 0) -> tuple[list[int], list[dict[str, Any]]]:
+    """Merge blocks from the top down until `cut` blocks are gone, never touching the final
+    `keep_top` blocks; returns the removed block indices (of the input model) and a log of every
+    merge tried."""
     model, adapter = loaded.model, loaded.adapter
     original = list(adapter.blocks(model))
     check_windows = windows[:settings.samples]
@@ -80,7 +83,7 @@ def collapse(loaded: LoadedModel, windows: torch.Tensor, cut: int, settings: Lac
     alive = list(range(len(original)))
     removed: list[int] = []
     trials: list[dict[str, Any]] = []
-    position = len(alive) - settings.layers
+    position = len(alive) - settings.layers - keep_top
     while len(removed) < cut and position >= lowest:
         merged_away = alive[position + 1:position + min(settings.layers, cut - len(removed) + 1)]
         base = original[alive[position]]
@@ -94,7 +97,7 @@ def collapse(loaded: LoadedModel, windows: torch.Tensor, cut: int, settings: Lac
                        "accepted": accepted})
         if accepted:
             alive, removed = trial_alive, removed + merged_away
-            position = min(position - settings.interval, len(alive) - settings.layers)
+            position = min(position - settings.interval, len(alive) - settings.layers - keep_top)
         else:
             with torch.no_grad():
                 for name, param in base.named_parameters():
@@ -114,9 +117,11 @@ def laco(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest, sett
     """`--method laco`: layer collapse with the calibration-similarity check (merges start at block 1 or
     `--min-start`)."""
     lowest = 1 if request.min_start is None else request.min_start
-    removed, trials = collapse(loaded, windows, request.cut, settings, lowest, request.batch_size)
+    keep_top = 0 if request.allow_last else 1
+    guards = request.guards(loaded.num_layers)
+    removed, trials = collapse(loaded, windows, request.cut, settings, lowest, request.batch_size, keep_top)
     merged_into = sorted({t["into"] for t in trials if t["accepted"]})
     return PruneOutcome(request.method, removed, merged_into, len(removed),
-                        details={"laco": {"layers": settings.layers, "interval": settings.interval,
+                        details={**protection_details(guards), "laco": {"layers": settings.layers, "interval": settings.interval,
                                           "threshold": settings.threshold, "lowest": lowest,
                                           "samples": settings.samples, "trials": trials}})

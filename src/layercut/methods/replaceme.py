@@ -13,6 +13,7 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
+from layercut.adapters import ArchAdapter, family_name
 from layercut.calibration.capture import FIT_WEIGHTINGS, LinearFitStats, calibrate, collect_fit, fit_memory_bytes
 from layercut.calibration.selection import spans_to_blocks
 from layercut.errors import UnsupportedArchitectureError
@@ -50,6 +51,9 @@ class CosineSettings(ReplaceMeSettings):
     cosine_init: Literal["lstsq", "identity"] = Field("lstsq", description="start from the lstsq map or the identity")
     cosine_objective: Literal["full", "residual"] = Field(
         "full", description="full: cos(MT+Y, L); residual: cos(MT, L-Y) as the reference code")
+
+
+FOLD_NEEDS_A_BLOCK = "ReplaceMe folds its map into the block before a span"
 
 
 def solve_lstsq(gram: torch.Tensor, cross: torch.Tensor, alpha: float = 0.0) -> torch.Tensor:
@@ -108,13 +112,20 @@ def fit_cosine(rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor], init: torc
     return transform.detach().double()
 
 
+def fold_limit(adapter: ArchAdapter) -> str | None:
+    """Why a ReplaceMe map cannot be folded in this family (from its adapter entry), or None."""
+    if adapter.can_fold_linear:
+        return None
+    return (f"it normalises the MLP output ({adapter.mlp_post_norm}), so a ReplaceMe map cannot be folded into a "
+            "linear layer; use --method angular (drop only) or streamline-layer for this model")
+
+
 def fold_into_block(loaded: LoadedModel, block_index: int, transform: torch.Tensor) -> None:
     """Make block `block_index` output Y + M T by folding T into its MLP down-projection."""
     adapter = loaded.adapter
-    if not adapter.can_fold_linear:
-        raise UnsupportedArchitectureError(
-            f"{adapter.name} normalises the MLP output ({adapter.mlp_post_norm}), so a ReplaceMe map cannot be "
-            "folded into a linear layer; use --method angular (drop only) or streamline-layer for this model")
+    limit = fold_limit(adapter)
+    if limit:
+        raise UnsupportedArchitectureError(f"{family_name(loaded.model.config.model_type)}: {limit}")
     block = adapter.blocks(loaded.model)[block_index]
     fold_right_matrix(adapter.down_proj(block), transform)
 
@@ -134,9 +145,10 @@ def replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
     calibration = calibrate(loaded, windows, request.batch_size, cut=span_len,
                             fold_blocks=fold_blocks if one_pass else (), fit_weighting=settings.fit_weighting,
                             progress=request.progress)
-    protected = tuple(calibration.scan.massive_creators()) if not settings.allow_massive_cut else ()
-    starts = place_spans(loaded, calibration, request, min_start, gap=1, protected=protected)
-    transforms, details = {}, {"single_pass": one_pass, "protected_blocks": list(protected), "cuts": []}
+    massive = calibration.scan.massive_creators() if not settings.allow_massive_cut else []
+    guards = request.guards(loaded.num_layers, massive, first_needed=FOLD_NEEDS_A_BLOCK)
+    starts, protection = place_spans(loaded, calibration, request, guards, gap=1)
+    transforms, details = {}, {"single_pass": one_pass, **protection, "cuts": []}
     for start in starts:
         fold_block = start - 1
         rows = None
@@ -170,14 +182,14 @@ def replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
                         scores=span_summary(calibration, request.select, starts, span_len), details=details)
 
 
-@register("replaceme-lstsq", ReplaceMeSettings)
+@register("replaceme-lstsq", ReplaceMeSettings, family_limit=fold_limit)
 def replaceme_lstsq(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
                     settings: ReplaceMeSettings) -> PruneOutcome:
     """ReplaceMe with the closed-form (ridge) least-squares map."""
     return replaceme(loaded, windows, request, settings)
 
 
-@register("replaceme-cosine", CosineSettings)
+@register("replaceme-cosine", CosineSettings, family_limit=fold_limit)
 def replaceme_cosine(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
                      settings: CosineSettings) -> PruneOutcome:
     """ReplaceMe with the map refined by the cosine objective (Adam, from the LS solution by default)."""

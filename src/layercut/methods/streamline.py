@@ -28,13 +28,13 @@ from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from layercut.adapters import get_path
+from layercut.adapters import ArchAdapter, family_name, get_path
 from layercut.calibration.capture import calibrate, first_tensor, forward_blocks
-from layercut.calibration.scores import redundancy
-from layercut.calibration.selection import choose_spans
 from layercut.errors import ConfigError, UnsupportedArchitectureError
 from layercut.loading import LoadedModel
 from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.protection import check_forced_span, protection_details
+from layercut.methods.spans import place_spans, span_summary
 from layercut.surgery import remove_blocks
 
 KINDS = ("layer", "ffn")
@@ -166,6 +166,14 @@ def _outside_inference(value: Any) -> Any:
     return value
 
 
+def ffn_limit(adapter: ArchAdapter) -> str | None:
+    """Why an FFN replacement cannot be exported as a plain decoder layer in this family, or None."""
+    if adapter.mlp_post_norm is None:
+        return None
+    return (f"it normalises the MLP output ({adapter.mlp_post_norm}), so an FFN replacement cannot be exported as "
+            "a plain decoder layer; use --method streamline-layer for this model")
+
+
 def build_replacement(loaded: LoadedModel, start: int, kind: str) -> nn.Module:
     """A float32 trainable copy of block `start` ("layer") or of its MLP with its pre-norm ("ffn"), dropout off."""
     adapter = loaded.adapter
@@ -173,10 +181,9 @@ def build_replacement(loaded: LoadedModel, start: int, kind: str) -> nn.Module:
     if kind == "layer":
         module = copy.deepcopy(block)
     else:
-        if adapter.mlp_post_norm is not None:
-            raise UnsupportedArchitectureError(
-                f"{adapter.name} normalises the MLP output ({adapter.mlp_post_norm}), so an FFN replacement cannot "
-                "be exported as a plain decoder layer; use --method streamline-layer for this model")
+        limit = ffn_limit(adapter)
+        if limit:
+            raise UnsupportedArchitectureError(f"{family_name(loaded.model.config.model_type)}: {limit}")
         module = FFNReplacement(copy.deepcopy(get_path(block, adapter.post_attn_norm)),
                                 copy.deepcopy(adapter.mlp_module(block)))
     return module.float().eval()  # eval: no dropout while regressing hidden states
@@ -345,19 +352,19 @@ def lm_loss_stage(loaded: LoadedModel, windows: torch.Tensor, block_index: int, 
     return losses
 
 
-def choose_span(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> tuple[int, dict[str, Any]]:
-    """The span start: `request.start`, else the most redundant span of `request.cut` blocks by `request.select`."""
+def choose_span(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
+                ) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """The span start (`request.start`, else the most redundant span of `request.cut` blocks by
+    `request.select` that covers no protected block), the scores behind it and the protection record."""
+    if request.num_cuts != 1:
+        raise ConfigError("streamline replaces one span; drop --num-cuts")
+    guards = request.guards(loaded.num_layers)
     if request.start is not None:
-        return request.start, {}
+        check_forced_span(request.start, request.cut, guards)
+        return request.start, {}, protection_details(guards)
     calibration = calibrate(loaded, windows, request.batch_size, progress=request.progress)
-    min_start = 0 if request.min_start is None else request.min_start
-    start = choose_spans(redundancy(calibration.scan, request.select), request.cut, 1, min_start)[0]
-    scan = calibration.scan
-    return start, {"select": request.select, "calibration_tokens": int(scan.tokens),
-                   "chosen": [{"start": start, "blocks": f"{start}..{start + request.cut - 1}",
-                               "cosine": float(scan.span_cosine()[start, request.cut]),
-                               "angular": float(scan.span_angular()[start, request.cut])}],
-                   "span_scores": redundancy(scan, request.select).abs().tolist()}
+    starts, protection = place_spans(loaded, calibration, request, guards)
+    return starts[0], span_summary(calibration, request.select, starts, request.cut), protection
 
 
 def streamline(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest, settings: StreamlineSettings,
@@ -369,7 +376,7 @@ def streamline(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
         raise ConfigError("streamline trains a replacement in memory; drop --offload layers")
     torch.manual_seed(request.seed)
     span_len = request.cut
-    start, scores = choose_span(loaded, windows, request)
+    start, scores, protection = choose_span(loaded, windows, request)
     train_windows = windows[:settings.train_samples] if settings.train_samples else windows
     module = build_replacement(loaded, start, kind).to(loaded.device)
     call = capture_block_call(loaded, train_windows, start) if kind == "layer" else None
@@ -383,7 +390,7 @@ def streamline(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
     if settings.lm_loss_steps:
         history["lm_loss"] = lm_loss_stage(loaded, train_windows, start, kind, settings, request.seed,
                                            request.progress)
-    details = {"streamline": {"kind": kind, "replaced_blocks": list(range(start, start + span_len)),
+    details = {**protection, "streamline": {"kind": kind, "replaced_blocks": list(range(start, start + span_len)),
                               "replacement_block": start, "settings": settings.to_dict(), **history}}
     return PruneOutcome(request.method, removed, [start], span_len, scores=scores, details=details)
 
@@ -395,7 +402,7 @@ def streamline_layer(loaded: LoadedModel, windows: torch.Tensor, request: PruneR
     return streamline(loaded, windows, request, settings, "layer")
 
 
-@register("streamline-ffn", StreamlineSettings, select="cosine")
+@register("streamline-ffn", StreamlineSettings, select="cosine", family_limit=ffn_limit)
 def streamline_ffn(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
                    settings: StreamlineSettings) -> PruneOutcome:
     """`--method streamline-ffn`: an FFN (MLP + pre-norm, from the span's first block) replaces the span."""
