@@ -10,7 +10,8 @@ from layercut.commands import compare as compare_command
 from layercut.commands import prune as prune_command
 from layercut.commands import slim as slim_command
 from layercut.errors import ConfigError, RecipeError
-from layercut.methods.base import SLIM_METHODS, PruneRequest
+from layercut.methods.base import PruneRequest
+from layercut.methods.settings import SLIM_METHODS
 from layercut.methods.laco import LacoSettings
 from layercut.prune import METHODS
 from layercut.recipe import PruneStep, SlimStep, validate_recipe

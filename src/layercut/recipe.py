@@ -34,9 +34,8 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativ
 
 from layercut.calibration.scores import SPAN_SCORES
 from layercut.errors import RecipeError
-from layercut.methods.base import SLIM_METHODS, MethodOptions, option_types
-from layercut.methods.prunenet import PruneNetSettings  # noqa: F401  (registers the slim methods)
-from layercut.prune import METHODS
+from layercut.methods.base import MethodOptions
+from layercut.methods.settings import DEPTH_METHODS, GRANULARITIES, OFFLOAD_CHOICES, SLIM_METHODS
 
 
 def one_of(value: str | None, choices: list[str], what: str) -> str | None:
@@ -98,9 +97,9 @@ class PruneFields(CalibFields):
     allow_last: bool | None = None
     num_cuts: PositiveInt | None = None
     select: str | None = None
-    offload: Literal["none", "layers"] | None = None
+    offload: Literal[OFFLOAD_CHOICES] | None = None  # type: ignore[valid-type]
     offload_dir: str | None = None
-    granularity: Literal["block", "attn", "mlp"] | None = None
+    granularity: Literal[GRANULARITIES] | None = None  # type: ignore[valid-type]
     heal_steps: NonNegativeInt | None = None
     heal_mode: Literal["full", "lora"] | None = None
     heal_lr: PositiveFloat | None = None
@@ -108,7 +107,7 @@ class PruneFields(CalibFields):
     @field_validator("method")
     @classmethod
     def known_method(cls, value: str) -> str:
-        return one_of(value, sorted(METHODS), "method")
+        return one_of(value, sorted(DEPTH_METHODS), "method")
 
     @field_validator("select")
     @classmethod
@@ -117,7 +116,7 @@ class PruneFields(CalibFields):
 
 
 PruneStep = create_model("PruneStep", __base__=PruneFields, __module__=__name__,
-                         **option_fields(option_types(METHODS.values())))
+                         **option_fields(DEPTH_METHODS.values()))
 
 
 class SlimFields(Step):

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layercut.commands.common import add_model_args, check_output_room, load_from_args, peek_from_args
+from layercut.commands.flags import add_model_args
 from layercut.errors import ConfigError
-from layercut.export import ensure_output_free, save_checkpoint
-from layercut.gguf_export import GGUF_TYPES, export_gguf
+
+
+GGUF_TYPES = ("f16", "f32")  # gguf_export.GGUF_TYPES, named here so the parser needs no torch (a test checks)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from layercut.commands.common import check_output_room, load_from_args, peek_from_args
+    from layercut.export import ensure_output_free, save_checkpoint
+    from layercut.gguf_export import export_gguf
+
     if not args.gguf and not args.out:
         raise ConfigError("nothing to export; pass --gguf FILE and/or --out DIR")
     if args.recipe and not args.out:

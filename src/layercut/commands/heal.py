@@ -7,9 +7,7 @@ import argparse
 import json
 import sys
 
-from layercut.commands.common import add_model_args, add_output_args, check_output_room, load_from_args, peek_from_args
-from layercut.export import ensure_output_free
-from layercut.healing.trainer import build_config, export_healed, heal
+from layercut.commands.flags import add_model_args, add_output_args
 
 DESCRIPTION = "Heal a pruned model (LayerChop): continued next-token pretraining, full or LoRA, optional distillation."
 
@@ -55,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from layercut.commands.common import check_output_room, load_from_args, peek_from_args
+    from layercut.export import ensure_output_free
+    from layercut.healing.trainer import build_config, export_healed, heal
+
     if not args.resume:
         ensure_output_free(args.out, args.overwrite)
     config = build_config(

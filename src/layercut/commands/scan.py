@@ -5,15 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from layercut.calibration.capture import calibrate
-from layercut.calibration.linear_error import render_linear_errors, scan_linear_errors
-from layercut.calibration.report import plot_scan, render_scan_table, scan_to_dict
-from layercut.commands.common import (add_calib_args, add_model_args, block_count, calib_description,
-                                      calib_from_args, load_from_args, positive_int)
-from layercut.distributed import is_main_process
+from layercut.commands.flags import add_calib_args, add_model_args, block_count, positive_int
 from layercut.errors import ConfigError
-from layercut.export import check_output_location, ensure_output_free, write_text_atomic
-from layercut.methods.sublayers import GRANULARITIES, render_sublayer_table, scan_sublayers, sublayers_to_dict
+from layercut.methods.settings import GRANULARITIES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from layercut.calibration.capture import calibrate
+    from layercut.calibration.linear_error import render_linear_errors, scan_linear_errors
+    from layercut.calibration.report import plot_scan, render_scan_table, scan_to_dict
+    from layercut.commands.common import calib_description, calib_from_args, load_from_args
+    from layercut.distributed import is_main_process
+    from layercut.export import check_output_location, ensure_output_free, write_text_atomic
+    from layercut.methods.sublayers import render_sublayer_table, scan_sublayers, sublayers_to_dict
+
     if args.linear_error and not args.cut:
         raise ConfigError("--linear-error scores spans of one length: add --cut N")
     for path, flag in ((args.json, "--json"), (args.plot, "--plot")):

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from layercut.adapters import ArchAdapter
 from layercut.errors import ConfigError
-from layercut.loading import LoadedModel
 from layercut.methods.protection import Guard, protected_blocks
+
+if TYPE_CHECKING:  # light at import: the command-line parser is built from this module without torch
+    import torch
+
+    from layercut.adapters import ArchAdapter
+    from layercut.loading import LoadedModel
 
 
 class MethodOptions(BaseModel):
@@ -116,8 +119,8 @@ class PruneOutcome:
     seconds: float = 0.0
 
 
-Method = Callable[[LoadedModel, torch.Tensor, PruneRequest, Any], PruneOutcome]
-FamilyLimit = Callable[[ArchAdapter], "str | None"]  # why a method cannot work on a family, or None
+Method = Callable[["LoadedModel", "torch.Tensor", PruneRequest, Any], PruneOutcome]
+FamilyLimit = Callable[["ArchAdapter"], Optional[str]]  # why a method cannot work on a family, or None
 
 
 @dataclass(frozen=True)
@@ -153,16 +156,3 @@ def method_spec(name: str) -> MethodSpec:
     if name not in METHODS:
         raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}")
     return METHODS[name]
-
-
-def option_types(specs: Iterable[MethodSpec]) -> list[type[MethodOptions]]:
-    """The distinct options classes of `specs`, in registry order (two methods may share one)."""
-    return list(dict.fromkeys(spec.options for spec in specs))
-
-
-SLIM_METHODS: dict[str, type[MethodOptions]] = {}
-
-
-def register_slim(name: str, options: type[MethodOptions] = NoOptions) -> None:
-    """Make a width (slim) method available to `layercut slim` and recipes as `name`."""
-    SLIM_METHODS[name] = options

@@ -13,10 +13,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from layercut.calibration.capture import calibrate
@@ -24,16 +23,10 @@ from layercut.calibration.selection import lowest_scores
 from layercut.errors import ConfigError
 from layercut.evaluation.perplexity import window_nll
 from layercut.loading import LoadedModel
-from layercut.methods.base import MethodOptions, NoOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.base import NoOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.settings import PplSettings
 from layercut.methods.protection import check_forced_span, explain_choice, protection_details
 from layercut.surgery import remove_blocks
-
-
-class PplSettings(MethodOptions):
-    """How many calibration windows score each candidate span of `ppl`."""
-
-    title: ClassVar[str] = "ppl (perplexity-drop selection)"
-    ppl_samples: int = Field(16, ge=1, description="calibration windows scored per candidate span")
 
 
 def last_blocks(num_layers: int, cut: int) -> list[int]:

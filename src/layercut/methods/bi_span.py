@@ -8,26 +8,16 @@ a whole method, options included, in one module.
 
 from __future__ import annotations
 
-from typing import ClassVar
 
 import torch
-from pydantic import Field
 
 from layercut.calibration.capture import calibrate
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
-from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.methods.settings import BiSpanSettings
 from layercut.methods.protection import Guard, check_forced_span, explain_choice, protection_details
 from layercut.surgery import remove_blocks
-
-
-class BiSpanSettings(MethodOptions):
-    """The options of `bi-span`."""
-
-    title: ClassVar[str] = "bi-span"
-    keep_last: int = Field(0, ge=0, alias="bi_keep_last",
-                           description="final blocks a span may not cover (the last one is kept anyway "
-                                       "unless --allow-last)")
 
 
 def span_influence(influence: torch.Tensor, span_len: int) -> torch.Tensor:

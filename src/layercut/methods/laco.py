@@ -11,32 +11,18 @@ the final block unless `--allow-last` (the first block is never merged away eith
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from layercut.calibration.scores import cosine_rows
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
-from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.methods.settings import LacoSettings
 from layercut.methods.protection import protection_details
 from layercut.surgery import remove_blocks
-
-
-class LacoSettings(MethodOptions):
-    """The paper's hyper-parameters: `layers` (C) blocks merged at a time, `interval` (I) blocks moved
-    down after an accepted merge, `threshold` (T) on the representation similarity, and the
-    calibration windows used for the check. The lowest block a merge may start at (L) is `--min-start`."""
-
-    title: ClassVar[str] = "laco"
-    threshold: float = Field(0.85, ge=-1.0, le=1.0, alias="laco_threshold",
-                             description="keep a merge only when the final hidden states' mean cosine to the dense "
-                                         "model's stays at or above this")
-    layers: int = Field(4, ge=2, alias="laco_layers", description="blocks merged into one per step")
-    interval: int = Field(2, ge=1, alias="laco_interval", description="blocks to move down after an accepted merge")
-    samples: int = Field(4, ge=1, alias="laco_samples", description="calibration windows used for the similarity check")
 
 
 def merge_parameters(base: torch.Tensor, others: list[torch.Tensor]) -> torch.Tensor:

@@ -7,50 +7,20 @@ down-projection so the pruned model has no extra parameters.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
-from pydantic import Field
 from tqdm.auto import tqdm
 
 from layercut.adapters import ArchAdapter, family_name
-from layercut.calibration.capture import FIT_WEIGHTINGS, LinearFitStats, calibrate, collect_fit, fit_memory_bytes
+from layercut.calibration.capture import LinearFitStats, calibrate, collect_fit, fit_memory_bytes
 from layercut.calibration.selection import spans_to_blocks
 from layercut.errors import UnsupportedArchitectureError
 from layercut.linear import fold_right_matrix
 from layercut.loading import LoadedModel
-from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.methods.settings import CosineSettings, ReplaceMeSettings
 from layercut.methods.spans import place_spans, span_summary
 from layercut.onload import materialize
 from layercut.surgery import remove_blocks
-
-
-class ReplaceMeSettings(MethodOptions):
-    """How the least-squares map is fitted (both ReplaceMe methods)."""
-
-    title: ClassVar[str] = "replaceme-lstsq / replaceme-cosine (ReplaceMe)"
-    alpha: float = Field(0.0, ge=0.0, description="ridge penalty of the least-squares map")
-    fit_weighting: Literal[FIT_WEIGHTINGS] = Field(  # type: ignore[valid-type]
-        "none", description="least-squares token weights: none, or unit-target (1/||L_t||^2, so massive-activation "
-                            "tokens do not dominate)")
-    fit_memory_budget: float = Field(4.0, gt=0.0, description="GiB allowed for least-squares sums of every candidate "
-                                                              "cut in one pass; above it a second pass fits only the "
-                                                              "chosen cut")
-    allow_massive_cut: bool = Field(False, description="let ReplaceMe cut a block that creates massive activations "
-                                                       "(excluded by default: no linear map reproduces them)")
-
-
-class CosineSettings(ReplaceMeSettings):
-    """The cosine refinement of `replaceme-cosine`."""
-
-    title: ClassVar[str] = "replaceme-cosine"
-    cosine_epochs: int = Field(10, ge=1, description="Adam epochs over the kept token rows")
-    cosine_lr: float = Field(1e-4, gt=0.0, description="Adam learning rate")
-    cosine_batch_tokens: int = Field(1024, ge=1, description="token rows per Adam step")
-    cosine_tokens: int = Field(65536, ge=1, description="token rows kept for the cosine fit")
-    cosine_init: Literal["lstsq", "identity"] = Field("lstsq", description="start from the lstsq map or the identity")
-    cosine_objective: Literal["full", "residual"] = Field(
-        "full", description="full: cos(MT+Y, L); residual: cos(MT, L-Y) as the reference code")
 
 
 FOLD_NEEDS_A_BLOCK = "ReplaceMe folds its map into the block before a span"

@@ -21,10 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,36 +31,14 @@ from layercut.adapters import ArchAdapter, family_name, get_path
 from layercut.calibration.capture import calibrate, first_tensor, forward_blocks
 from layercut.errors import ConfigError, UnsupportedArchitectureError
 from layercut.loading import LoadedModel
-from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.methods.settings import StreamlineSettings
 from layercut.methods.protection import check_forced_span, protection_details
 from layercut.methods.spans import place_spans, span_summary
 from layercut.surgery import remove_blocks
 
 KINDS = ("layer", "ffn")
 FFN_GROUP_STEPS = 16  # FFN steps drawn from one group of windows read from the store
-
-
-class StreamlineSettings(MethodOptions):
-    """Training settings. `train_samples` caps the calibration windows used (0 = all); a tenth of
-    them (at least one) is held out for early stopping after `patience` epochs without improvement.
-    Hidden states above `memory_gib` go to a memory-mapped file instead of RAM."""
-
-    title: ClassVar[str] = "streamline-layer / streamline-ffn (LLM-Streamline)"
-    train_samples: int = Field(0, ge=0, description="calibration windows used to train the replacement, a tenth "
-                                                    "held out (0 = all)")
-    epochs: int = Field(5, ge=1, description="training epochs")
-    lr: float = Field(2e-4, gt=0.0, description="AdamW learning rate")
-    train_batch_tokens: int = Field(2048, ge=1, description="tokens per training step")
-    patience: int = Field(2, ge=1, description="stop after this many epochs without held-out improvement")
-    lm_loss_steps: int = Field(0, ge=0, description="second stage: steps of next-token loss on the replacement only "
-                                                    "(0 = off)")
-    lm_loss_lr: float = Field(1e-5, gt=0.0, description="learning rate of the LM-loss stage")
-    memory_gib: float = Field(2.0, ge=0.0, alias="streamline_memory",
-                              description="GiB of captured hidden states kept in RAM; above it they go to a "
-                                          "memory-mapped temp file (0 = always)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
 
 
 class FFNReplacement(nn.Module):

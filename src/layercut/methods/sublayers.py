@@ -24,7 +24,6 @@ from layercut.loading import LoadedModel
 from layercut.methods.base import PruneOutcome, PruneRequest
 from layercut.methods.protection import protection_details
 
-GRANULARITIES = ("block", "attn", "mlp")
 SUBLAYER_PARTS = ("attn", "mlp")
 
 
