@@ -192,7 +192,7 @@ def test_same_seed_gives_identical_weights(tmp_path) -> None:
     (("--ratio", "1.2"), "ratio must be strictly between 0 and 1"),
     (("--ratio", "0.2", "--policy", "/nonexistent/policy.pt"), "not found"),
     (("--ratio", "0.2", "--method", "magnitude", "--policy-out", "p.pt"), "only apply to --method prunenet"),
-    (("--ratio", "0.2", "--episodes", "0"), "at least 1"),
+    (("--ratio", "0.2", "--episodes", "0"), "--episodes 0: Input should be greater than or equal to 1"),
 ])
 def test_cli_rejects_bad_flags_before_loading(tmp_path, argv, message) -> None:
     with pytest.raises(SystemExit, match=message):

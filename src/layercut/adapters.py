@@ -207,6 +207,12 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
 )
 
 
+def family_name(model_type: str) -> str:
+    """The family as users know it, for messages: `gemma3_text` -> `gemma3` (an entry may serve
+    several model types, so its own `name` is not the model's family)."""
+    return model_type.removesuffix("_text")
+
+
 def supported_model_types() -> list[str]:
     return sorted(t for a in ADAPTERS for t in a.model_types)
 

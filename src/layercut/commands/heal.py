@@ -7,9 +7,7 @@ import argparse
 import json
 import sys
 
-from layercut.commands.common import add_model_args, add_output_args, load_from_args
-from layercut.export import ensure_output_free
-from layercut.healing.trainer import build_config, export_healed, heal
+from layercut.commands.flags import add_model_args, add_output_args
 
 DESCRIPTION = "Heal a pruned model (LayerChop): continued next-token pretraining, full or LoRA, optional distillation."
 
@@ -55,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from layercut.commands.common import check_output_room, load_from_args, peek_from_args
+    from layercut.export import ensure_output_free
+    from layercut.healing.trainer import build_config, export_healed, heal
+
     if not args.resume:
         ensure_output_free(args.out, args.overwrite)
     config = build_config(
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         ppl_max_tokens=args.ppl_max_tokens, eval_every=args.eval_every, save_every=args.save_every,
         work_dir=args.out, resume=args.resume, seed=args.seed, precision=args.precision,
         progress=not args.no_progress)
+    check_output_room(args, peek_from_args(args), args.out)
     loaded = load_from_args(args)
     result = heal(loaded, config)
     if result.interrupted:

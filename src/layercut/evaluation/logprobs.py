@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from layercut.adapters import adapter_for_model_type
+from layercut.evaluation import DEFAULT_LOGITS_MIB
 
-DEFAULT_LOGITS_MIB = 256
 """MiB of float32 logits computed at once: 256 positions of Gemma 3's vocabulary, 1365 of SmolLM2's."""
 
 

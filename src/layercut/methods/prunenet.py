@@ -27,10 +27,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Iterator
 
 import torch
-from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -38,7 +37,7 @@ from layercut import __version__
 from layercut.errors import ConfigError
 from layercut.export import count_parameters
 from layercut.loading import LoadedModel
-from layercut.methods.base import MethodOptions, register_slim
+from layercut.methods.settings import PolicyConfig
 from layercut.slicing import ffn_width, keep_count, neuron_weight, slice_ffn
 
 POLICY_FORMAT = "layercut-prunenet-policy/1"
@@ -148,31 +147,6 @@ class PrunePolicy(nn.Module):
         return weights @ (self.proj.T @ self.vec) + self.bias @ self.vec
 
 
-@dataclass
-class PolicyConfig:
-    """Settings of policy learning; defaults are the reference ones of ALGORITHMS.md section 5."""
-
-    ratio: float
-    episodes: int = 20
-    lr: float = 1e-3
-    gamma: float = 0.99
-    kl_weight: float = 1.0
-    temperature: float = 0.5
-    seed: int = 0
-
-
-class PruneNetSettings(MethodOptions):
-    """The options of `layercut slim --method prunenet` (the rest of `PolicyConfig` keeps its reference values)."""
-
-    title: ClassVar[str] = "prunenet"
-    episodes: int = Field(PolicyConfig.episodes, ge=1, description="policy learning episodes")
-    lr: float = Field(PolicyConfig.lr, gt=0.0, description="policy learning rate")
-    policy: str | None = Field(None, description="reuse a policy file from --policy-out (no learning)")
-    policy_out: str | None = Field(None, description="also save the learned policy here, to reuse at other ratios")
-
-
-register_slim("prunenet", PruneNetSettings)
-register_slim("magnitude")
 
 
 @dataclass

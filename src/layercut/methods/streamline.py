@@ -22,47 +22,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from layercut.adapters import get_path
+from layercut.adapters import ArchAdapter, family_name, get_path
 from layercut.calibration.capture import calibrate, first_tensor, forward_blocks
-from layercut.calibration.scores import redundancy
-from layercut.calibration.selection import choose_spans
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
-from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.methods.settings import StreamlineSettings
+from layercut.methods.protection import check_forced_span, protection_details
+from layercut.methods.spans import place_spans, span_summary
 from layercut.surgery import remove_blocks
 
 KINDS = ("layer", "ffn")
 FFN_GROUP_STEPS = 16  # FFN steps drawn from one group of windows read from the store
-
-
-class StreamlineSettings(MethodOptions):
-    """Training settings. `train_samples` caps the calibration windows used (0 = all); a tenth of
-    them (at least one) is held out for early stopping after `patience` epochs without improvement.
-    Hidden states above `memory_gib` go to a memory-mapped file instead of RAM."""
-
-    title: ClassVar[str] = "streamline-layer / streamline-ffn (LLM-Streamline)"
-    train_samples: int = Field(0, ge=0, description="calibration windows used to train the replacement, a tenth "
-                                                    "held out (0 = all)")
-    epochs: int = Field(5, ge=1, description="training epochs")
-    lr: float = Field(2e-4, gt=0.0, description="AdamW learning rate")
-    train_batch_tokens: int = Field(2048, ge=1, description="tokens per training step")
-    patience: int = Field(2, ge=1, description="stop after this many epochs without held-out improvement")
-    lm_loss_steps: int = Field(0, ge=0, description="second stage: steps of next-token loss on the replacement only "
-                                                    "(0 = off)")
-    lm_loss_lr: float = Field(1e-5, gt=0.0, description="learning rate of the LM-loss stage")
-    memory_gib: float = Field(2.0, ge=0.0, alias="streamline_memory",
-                              description="GiB of captured hidden states kept in RAM; above it they go to a "
-                                          "memory-mapped temp file (0 = always)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
 
 
 class FFNReplacement(nn.Module):
@@ -352,19 +329,19 @@ def lm_loss_stage(loaded: LoadedModel, windows: torch.Tensor, block_index: int, 
     return losses
 
 
-def choose_span(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> tuple[int, dict[str, Any]]:
-    """The span start: `request.start`, else the most redundant span of `request.cut` blocks by `request.select`."""
+def choose_span(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
+                ) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """The span start (`request.start`, else the most redundant span of `request.cut` blocks by
+    `request.select` that covers no protected block), the scores behind it and the protection record."""
+    if request.num_cuts != 1:
+        raise ConfigError("streamline replaces one span; drop --num-cuts")
+    guards = request.guards(loaded.num_layers)
     if request.start is not None:
-        return request.start, {}
+        check_forced_span(request.start, request.cut, guards)
+        return request.start, {}, protection_details(guards)
     calibration = calibrate(loaded, windows, request.batch_size, progress=request.progress)
-    min_start = 0 if request.min_start is None else request.min_start
-    start = choose_spans(redundancy(calibration.scan, request.select), request.cut, 1, min_start)[0]
-    scan = calibration.scan
-    return start, {"select": request.select, "calibration_tokens": int(scan.tokens),
-                   "chosen": [{"start": start, "blocks": f"{start}..{start + request.cut - 1}",
-                               "cosine": float(scan.span_cosine()[start, request.cut]),
-                               "angular": float(scan.span_angular()[start, request.cut])}],
-                   "span_scores": redundancy(scan, request.select).abs().tolist()}
+    starts, protection = place_spans(loaded, calibration, request, guards)
+    return starts[0], span_summary(calibration, request.select, starts, request.cut), protection
 
 
 def streamline(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest, settings: StreamlineSettings,
@@ -376,7 +353,7 @@ def streamline(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
         raise ConfigError("streamline trains a replacement in memory; drop --offload layers")
     torch.manual_seed(request.seed)
     span_len = request.cut
-    start, scores = choose_span(loaded, windows, request)
+    start, scores, protection = choose_span(loaded, windows, request)
     train_windows = windows[:settings.train_samples] if settings.train_samples else windows
     module = build_replacement(loaded, start, kind).to(loaded.device)
     call = capture_block_call(loaded, train_windows, start) if kind == "layer" else None
@@ -390,7 +367,7 @@ def streamline(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
     if settings.lm_loss_steps:
         history["lm_loss"] = lm_loss_stage(loaded, train_windows, start, kind, settings, request.seed,
                                            request.progress)
-    details = {"streamline": {"kind": kind, "replaced_blocks": list(range(start, start + span_len)),
+    details = {**protection, "streamline": {"kind": kind, "replaced_blocks": list(range(start, start + span_len)),
                               "replacement_block": start, "settings": settings.to_dict(), **history}}
     return PruneOutcome(request.method, removed, [start], span_len, scores=scores, details=details)
 
