@@ -126,6 +126,7 @@ class SlimStep(Step):
     writes_model: ClassVar[bool] = True
     ratio: float = Field(gt=0.0, lt=1.0)
     method: str | None = None
+    variant: str | None = None
     episodes: PositiveInt | None = None
     lr: PositiveFloat | None = None
     policy: str | None = None
@@ -139,6 +140,13 @@ class SlimStep(Step):
         from layercut.prunenet import METHODS
 
         return one_of(value, list(METHODS), "slim method")
+
+    @field_validator("variant")
+    @classmethod
+    def known_variant(cls, value: str | None) -> str | None:
+        from layercut.prunenet import VARIANTS
+
+        return one_of(value, list(VARIANTS), "prunenet variant")
 
 
 class HealStep(Step):

@@ -8,7 +8,7 @@ from pathlib import Path
 from layercut.commands.common import add_model_args, add_output_args, load_from_args
 from layercut.errors import ConfigError
 from layercut.export import ensure_output_free, save_checkpoint
-from layercut.prunenet import METHODS, PolicyConfig, slim_model
+from layercut.prunenet import METHODS, VARIANT_DEFAULTS, VARIANTS, PolicyConfig, slim_model
 from layercut.slicing import keep_count
 
 
@@ -20,8 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_args(parser)
     parser.add_argument("--method", choices=METHODS, default="prunenet", help="(default: %(default)s)")
     parser.add_argument("--ratio", type=float, required=True, help="fraction of FFN neurons to remove, in (0, 1)")
-    parser.add_argument("--episodes", type=int, default=20, help="policy learning episodes (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="policy learning rate (default: %(default)s)")
+    parser.add_argument("--variant", choices=VARIANTS, default="layercut",
+                        help="prunenet policy: layercut (neuron features, coverage reward) or reference (the "
+                             "authors' code) (default: %(default)s)")
+    parser.add_argument("--episodes", type=int, help="policy learning episodes per restart (default: "
+                        + ", ".join(f"{v} {d['episodes']}" for v, d in VARIANT_DEFAULTS.items()) + ")")
+    parser.add_argument("--lr", type=float, help="policy learning rate (default: "
+                        + ", ".join(f"{v} {d['lr']}" for v, d in VARIANT_DEFAULTS.items()) + ")")
     parser.add_argument("--policy", help="reuse a policy file from --policy-out (no learning)")
     parser.add_argument("--policy-out", help="also save the learned policy here, to reuse at other ratios")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -40,7 +45,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"policy file '{args.policy}' not found; pass a file written by --policy-out")
     if args.policy_out and Path(args.policy_out).expanduser().exists() and not args.overwrite:
         raise ConfigError(f"policy file '{args.policy_out}' already exists; pass --overwrite or choose another path")
-    if args.episodes < 1:
+    if args.episodes is not None and args.episodes < 1:
         raise ConfigError(f"--episodes must be at least 1 (got {args.episodes})")
 
 
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     ensure_output_free(args.out, args.overwrite)
     loaded = load_from_args(args)
-    config = PolicyConfig(ratio=args.ratio, episodes=args.episodes, lr=args.lr, seed=args.seed)
+    config = PolicyConfig(ratio=args.ratio, variant=args.variant, episodes=args.episodes, lr=args.lr, seed=args.seed)
     step = slim_model(loaded, args.method, config, args.policy, args.policy_out, args.overwrite,
                       progress=not args.no_progress)
     out = save_checkpoint(loaded, args.out, step, overwrite=args.overwrite)
