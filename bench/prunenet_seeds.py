@@ -3,8 +3,9 @@
 The model is loaded and the text tokenised once; each run slices a copy of the dense model and is
 scored with layercut's own `window_nll`. One policy is learned per seed at --learn-ratio and reused
 at every --ratios value (no relearning), as `layercut slim --policy` does. Baselines need no
-learning: `magnitude` (largest gate-row norm), `random` (a seeded uniform keep) and `maxdown` (the
-largest |down_proj| entry, the best weight-only rule of bench/keep_rules.py). `--set key=value`
+learning: `magnitude` (largest gate-row norm) and `maxdown` (the largest |down_proj| entry, the best
+weight-only rule of bench/keep_rules.py), both deterministic and run once, and `random` (a seeded
+uniform keep). `--set key=value`
 overrides a PolicyConfig field (features as name+name, e.g. --set features=gate_norm+gate_max).
 
     python bench/prunenet_seeds.py --runs layercut,reference,magnitude,random,maxdown --seeds 0,1,2,3,4 \
@@ -34,6 +35,7 @@ from layercut.slicing import keep_count, slice_ffn
 
 TEST_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "wikitext2_raw_test.txt"
 BASELINES = ("magnitude", "random", "maxdown")
+SEEDLESS = ("magnitude", "maxdown")
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,7 +52,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default="bench/prunenet_seeds.json")
+    parser.add_argument("--table", action="store_true", help="only print the Markdown table of --json")
     return parser.parse_args()
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """Median and worst perplexity per configuration and ratio, with seeds and learning CPU time."""
+    labels = list(dict.fromkeys(row["label"] for row in results["rows"]))
+    ratios = sorted({ratio for row in results["rows"] for ratio in row["ppl"]})
+    print("| run | seeds | " + " | ".join(f"ppl {r}: median / worst" for r in ratios) + " | learning CPU s (under load) |")
+    print("|---" * (len(ratios) + 3) + "|")
+    for label in labels:
+        rows = [row for row in results["rows"] if row["label"] == label]
+        cells = []
+        for ratio in ratios:
+            values = [row["ppl"][ratio] for row in rows if ratio in row["ppl"]]
+            cells.append(f"{statistics.median(values):,.1f} / {max(values):,.1f}" if values else "-")
+        cpu = [row["cpu_seconds"] for row in rows if "cpu_seconds" in row]
+        seconds = f"{statistics.median(cpu):.0f} (max {max(cpu):.0f})" if cpu else "-"
+        print(f"| {label} | {len(rows)} | " + " | ".join(cells) + f" | {seconds} |")
 
 
 def overrides(pairs: list[str]) -> dict[str, Any]:
@@ -83,6 +103,9 @@ def baseline_keep(name: str, ffn: FfnWeights, ratio: float, seed: int) -> list[t
 
 def main() -> None:
     args = parse_args()
+    if args.table:
+        print_table(json.loads(Path(args.json).read_text()))
+        return
     torch.set_num_threads(args.threads)
     dense = load_model(args.model, device="cpu")
     text = Path(args.text).read_text(encoding="utf-8")[: args.chars]
@@ -103,7 +126,8 @@ def main() -> None:
     results.setdefault("dense", {})[args.model] = round(perplexity(dense, None), 3)
     extra = overrides(args.set)
     for run_name in args.runs.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
+        seeds = [0] if run_name in SEEDLESS else [int(s) for s in args.seeds.split(",")]
+        for seed in seeds:
             row: dict[str, Any] = {"model": args.model, "run": run_name, "label": args.label or run_name,
                                    "seed": seed, "settings": args.set, "ppl": {}}
             if run_name in BASELINES:

@@ -325,3 +325,15 @@ def test_smollm2_default_policy_beats_random_keep_and_keeps_massive_activation_n
         perplexities[name] = math.exp(nll / count)
     assert {1229, 1487} <= set(policy_keep(run.policy, ffn, 0.3)[11].tolist())
     assert perplexities["policy"] < 0.6 * perplexities["random"]
+
+
+def test_recipe_slim_step_checks_the_variant(tmp_path) -> None:
+    from layercut.errors import RecipeError
+    from layercut.recipe import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m\nwork_dir: w\nsteps:\n  - slim: {ratio: 0.2, variant: reference}\n")
+    assert load_recipe(recipe)[1][0].variant == "reference"
+    recipe.write_text("model: m\nwork_dir: w\nsteps:\n  - slim: {ratio: 0.2, variant: paper}\n")
+    with pytest.raises(RecipeError, match="unknown prunenet variant 'paper'"):
+        load_recipe(recipe)
