@@ -337,3 +337,12 @@ def test_recipe_slim_step_checks_the_variant(tmp_path) -> None:
     recipe.write_text("model: m\nwork_dir: w\nsteps:\n  - slim: {ratio: 0.2, variant: paper}\n")
     with pytest.raises(RecipeError, match="unknown prunenet variant 'paper'"):
         load_recipe(recipe)
+
+
+def test_spectrum_reward_adds_one_minus_ks_of_the_down_spectrum() -> None:
+    ffn = ffn_weights(tiny_loaded("llama", num_layers=2))
+    kept = torch.stack(top_rows(torch.rand(2, 128, generator=torch.Generator().manual_seed(0)), 90))
+    coverage = CoverageReward(ffn, 4.0, "coverage")(kept)
+    ks = ks_statistic(singular_values(ffn.down), singular_values(torch.stack([ffn.down[i, kept[i]] for i in range(2)])))
+    torch.testing.assert_close(CoverageReward(ffn, 4.0, "spectrum")(kept), 1.0 - ks)
+    torch.testing.assert_close(CoverageReward(ffn, 4.0, "coverage+spectrum")(kept), coverage + 1.0 - ks)

@@ -366,7 +366,8 @@ class CoverageReward:
         if self.down_spectrum is not None:
             index = torch.arange(layers, device=kept.device)[:, None]
             kept_down = torch.stack([self.ffn.down[index, sample] for sample in kept.reshape(-1, layers, kept.shape[-1])])
-            ks = ks_statistic(self.down_spectrum, singular_values(kept_down)).reshape(kept.shape[:-1])
+            spectra = singular_values(kept_down)
+            ks = ks_statistic(self.down_spectrum.expand_as(spectra), spectra).reshape(kept.shape[:-1])
             reward += 1.0 - ks
         return reward
 
