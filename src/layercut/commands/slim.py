@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_output_free(args.out, args.overwrite)
     check_output_room(args, peek_from_args(args), args.out)
     loaded = load_from_args(args)
-    config = PolicyConfig(ratio=args.ratio, episodes=args.episodes, lr=args.lr, seed=args.seed)
+    config = PolicyConfig(ratio=args.ratio, variant=args.variant, episodes=args.episodes, lr=args.lr, seed=args.seed)
     step = slim_model(loaded, args.method, config, args.policy, args.policy_out, args.overwrite,
                       progress=not args.no_progress)
     out = save_checkpoint(loaded, args.out, step, overwrite=args.overwrite)

@@ -102,25 +102,47 @@ class BiSpanSettings(MethodOptions):
                                        "unless --allow-last)")
 
 
+VARIANTS = ("layercut", "reference")
+FEATURES = ("gate_norm", "gate_max", "up_norm", "up_max", "down_norm", "down_max")
+REWARDS = ("coverage", "coverage+spectrum", "spectrum")
+VARIANT_DEFAULTS = {"layercut": {"episodes": 60, "lr": 0.1}, "reference": {"episodes": 20, "lr": 1e-3}}
+
+
 @dataclass
 class PolicyConfig:
-    """Settings of policy learning; defaults are the reference ones of ALGORITHMS.md section 5."""
+    """Settings of PruneNet policy learning. None means the variant's default (VARIANT_DEFAULTS)."""
 
     ratio: float
-    episodes: int = 20
-    lr: float = 1e-3
-    gamma: float = 0.99
-    kl_weight: float = 1.0
-    temperature: float = 0.5
+    variant: str = "layercut"
+    episodes: int | None = None
+    lr: float | None = None
     seed: int = 0
+    gamma: float = 0.99
+    samples: int = 8
+    restarts: int = 4
+    power: float = 4.0
+    protect: float = 50.0
+    features: tuple[str, ...] = FEATURES
+    reward: str = "coverage"
+
+    def resolved(self, name: str) -> Any:
+        value = getattr(self, name)
+        return VARIANT_DEFAULTS[self.variant][name] if value is None else value
+
+
+def _variant_defaults(name: str) -> str:
+    return ", ".join(f"{variant} {defaults[name]}" for variant, defaults in VARIANT_DEFAULTS.items())
 
 
 class PruneNetSettings(MethodOptions):
     """The options of `layercut slim --method prunenet` (the rest of `PolicyConfig` keeps its reference values)."""
 
     title: ClassVar[str] = "prunenet"
-    episodes: int = Field(PolicyConfig.episodes, ge=1, description="policy learning episodes")
-    lr: float = Field(PolicyConfig.lr, gt=0.0, description="policy learning rate")
+    variant: Literal["layercut", "reference"] = Field(
+        "layercut", description="layercut (neuron features, coverage reward) or reference (the authors' code)")
+    episodes: int | None = Field(None, ge=1, description="policy learning episodes per restart (default: "
+                                 + _variant_defaults("episodes") + ")")
+    lr: float | None = Field(None, gt=0.0, description="policy learning rate (default: " + _variant_defaults("lr") + ")")
     policy: str | None = Field(None, description="reuse a policy file from --policy-out (no learning)")
     policy_out: str | None = Field(None, description="also save the learned policy here, to reuse at other ratios")
 
