@@ -30,7 +30,7 @@ from torch import nn
 
 from layercut.adapters import GGUFSpec, adapter_for_model_type
 from layercut.errors import ConfigError, UnsupportedArchitectureError
-from layercut.export import ensure_output_free
+from layercut.export import ensure_output_free, follow_umask
 from layercut.loading import LoadedModel
 
 GGUF_TYPES = ("f16", "f32")
@@ -351,9 +351,7 @@ def export_gguf(loaded: LoadedModel, out: str | Path, gguf_type: str = "f16", ov
     tensors = gguf_tensors(loaded.model, config, target)
     handle, tmp = tempfile.mkstemp(prefix=f".{target_path.name}.", dir=target_path.parent)
     os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
+    follow_umask(Path(tmp), directory=False)  # mkstemp's 0600 would hide the file from other users
     try:
         writer = gguf.GGUFWriter(tmp, target.arch)
         write_hyperparameters(writer, config, target, name)

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from layercut import __version__
 from layercut.errors import ConfigError
-from layercut.export import count_parameters
+from layercut.export import count_parameters, follow_umask
 from layercut.linear import weight_out_in
 from layercut.loading import LoadedModel
 from layercut.methods.settings import FEATURES, REWARDS, VARIANT_DEFAULTS, VARIANTS, PolicyConfig
@@ -460,6 +460,7 @@ def save_policy(run: PolicyRun, path: str | Path, metadata: dict[str, Any], over
     os.close(handle)
     try:
         torch.save(payload, tmp)
+        follow_umask(Path(tmp), directory=False)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
