@@ -3,7 +3,12 @@ applied to the MLP output of the block before the span, then fold T into that bl
 down-projection so the pruned model has no extra parameters.
 
 `replaceme-lstsq` solves for T in closed form from sums one calibration pass keeps;
-`replaceme-cosine` refines that solution with Adam on the cosine objective over kept token rows."""
+`replaceme-cosine` refines that solution with Adam on the cosine objective over kept token rows.
+
+In families that normalise the MLP output (adapter `mlp_post_norm`: Gemma 2/3) T acts before the
+norm and the norm's own scale g' is refitted with it (docs/ALGORITHMS-postnorm.md, `postnorm_fit`):
+`replaceme-lstsq` takes the direction-weighted least squares and the closed-form g';
+`replaceme-cosine` fits (T, g') through the norm from the identity. Both stay foldable."""
 
 from __future__ import annotations
 
@@ -13,12 +18,16 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from layercut.calibration.capture import FIT_WEIGHTINGS, LinearFitStats, calibrate, collect_fit, fit_memory_bytes
+from layercut.calibration.capture import (FIT_WEIGHTINGS, LinearFitStats, PostNorm, calibrate, collect_fit,
+                                          fit_memory_bytes, fit_rows, forward_blocks)
 from layercut.calibration.selection import spans_to_blocks
-from layercut.errors import UnsupportedArchitectureError
+from layercut.distributed import all_reduce_sum, shard_windows
+from layercut.errors import ConfigError
 from layercut.linear import fold_right_matrix
 from layercut.loading import LoadedModel
 from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.postnorm_fit import (effective_scale, fit_through_norm, fold_through_norm, norm_scale_sums,
+                                           post_norm, rms_norm, through_norm_loss)
 from layercut.methods.spans import place_spans, span_summary
 from layercut.onload import materialize
 from layercut.surgery import remove_blocks
@@ -43,11 +52,16 @@ class CosineSettings(ReplaceMeSettings):
     """The cosine refinement of `replaceme-cosine`."""
 
     title: ClassVar[str] = "replaceme-cosine"
-    cosine_epochs: int = Field(10, ge=1, description="Adam epochs over the kept token rows")
-    cosine_lr: float = Field(1e-4, gt=0.0, description="Adam learning rate")
-    cosine_batch_tokens: int = Field(1024, ge=1, description="token rows per Adam step")
+    cosine_epochs: int = Field(10, ge=1, description="Adam epochs over the kept token rows (left at 10: 30 in "
+                                                     "families with a post-MLP norm)")
+    cosine_lr: float = Field(1e-4, gt=0.0, description="Adam learning rate (left at 1e-4: 1e-3 in families with a "
+                                                       "post-MLP norm)")
+    cosine_batch_tokens: int = Field(1024, ge=1, description="token rows per Adam step (left at 1024: 256 in "
+                                                             "families with a post-MLP norm)")
     cosine_tokens: int = Field(65536, ge=1, description="token rows kept for the cosine fit")
-    cosine_init: Literal["lstsq", "identity"] = Field("lstsq", description="start from the lstsq map or the identity")
+    cosine_init: Literal["lstsq", "identity"] = Field("lstsq", description="start from the lstsq map or the identity "
+                                                                           "(left at lstsq: identity in families "
+                                                                           "with a post-MLP norm)")
     cosine_objective: Literal["full", "residual"] = Field(
         "full", description="full: cos(MT+Y, L); residual: cos(MT, L-Y) as the reference code")
 
@@ -108,66 +122,149 @@ def fit_cosine(rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor], init: torc
     return transform.detach().double()
 
 
+# Measured on Gemma-3-270m (docs/ALGORITHMS-postnorm.md): through a norm the Llama defaults barely
+# move the map on a few thousand tokens; these replace an option the user left at its default.
+POST_NORM_COSINE_DEFAULTS = {"cosine_epochs": 30, "cosine_lr": 1e-3, "cosine_batch_tokens": 256,
+                             "cosine_init": "identity"}
+
+
+def post_norm_settings(settings: CosineSettings) -> CosineSettings:
+    """`settings` with every option in POST_NORM_COSINE_DEFAULTS that still has its declared
+    default replaced by the post-norm default."""
+    changes = {name: value for name, value in POST_NORM_COSINE_DEFAULTS.items()
+               if getattr(settings, name) == type(settings).model_fields[name].default}
+    return settings.model_copy(update=changes)
+
+
+def block_post_norm(loaded: LoadedModel, block_index: int) -> PostNorm:
+    """Block `block_index`'s post-MLP norm as the calibration pass applies it."""
+    return PostNorm(effective_scale(loaded, block_index), float(post_norm(loaded, block_index).eps))
+
+
+def refit_norm_scale(loaded: LoadedModel, windows: torch.Tensor, fold_block: int, cut: int, transform: torch.Tensor,
+                     norm: PostNorm, batch_size: int, progress: bool = True) -> torch.Tensor:
+    """The closed-form post-MLP norm scale for a fixed T, from one pass that stops after the span:
+    g'_c = sum w n_c r_c / sum w n_c^2 with n = RMSNorm(M T; 1), r = L - Y and w = 1 / ||L||^2."""
+    dim = transform.shape[0]
+    cross, square = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64)
+    for capture in forward_blocks(loaded, shard_windows(windows), batch_size, mlp_blocks={fold_block},
+                                  stop_after=fold_block + cut, desc="norm scale", progress=progress):
+        mlp_out, attn_out, span_out = fit_rows(capture, fold_block, cut, norm)
+        normalized = rms_norm(mlp_out.double() @ transform.to(mlp_out.device), torch.ones((), dtype=torch.float64),
+                              norm.eps)
+        weight = 1.0 / span_out.double().pow(2).sum(1).clamp_min(1e-12)
+        batch_cross, batch_square = norm_scale_sums(normalized, span_out - attn_out, weight)
+        cross += batch_cross.cpu()
+        square += batch_square.cpu()
+    all_reduce_sum([cross, square])
+    return cross / square.clamp_min(1e-30)
+
+
 def fold_into_block(loaded: LoadedModel, block_index: int, transform: torch.Tensor) -> None:
     """Make block `block_index` output Y + M T by folding T into its MLP down-projection."""
     adapter = loaded.adapter
-    if not adapter.can_fold_linear:
-        raise UnsupportedArchitectureError(
-            f"{adapter.name} normalises the MLP output ({adapter.mlp_post_norm}), so a ReplaceMe map cannot be "
-            "folded into a linear layer; use --method angular (drop only) or streamline-layer for this model")
     block = adapter.blocks(loaded.model)[block_index]
     fold_right_matrix(adapter.down_proj(block), transform)
+
+
+def fold_record(loaded: LoadedModel, block_index: int) -> dict:
+    """What the fold changed in block `block_index`, for the model card."""
+    adapter = loaded.adapter
+    record = {"block": block_index, "map_folded_into": f"{adapter.mlp}.{adapter.mlp_down}"}
+    if not adapter.can_fold_linear:
+        record["norm_scale_refitted"] = adapter.mlp_post_norm
+    return record
 
 
 def replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest, settings: ReplaceMeSettings
               ) -> PruneOutcome:
     """Choose the span(s), fit one map per span (least squares, then the cosine refinement if asked),
-    fold each map into the block before its span and remove the span."""
+    fold each map into the block before its span and remove the span. Through a post-MLP norm the
+    norm's scale is refitted too (closed form for lstsq, jointly for cosine) and folded into it."""
     span_len = request.cut // request.num_cuts
     min_start = max(1, 1 if request.min_start is None else request.min_start)
     cosine = isinstance(settings, CosineSettings)
+    through_norm = not loaded.adapter.can_fold_linear
+    if through_norm:
+        check_post_norm_settings(loaded, settings)
+        if cosine:
+            settings = post_norm_settings(settings)
     dim = loaded.model.config.hidden_size
     candidates = [request.start] if request.start is not None else \
         list(range(min_start, loaded.num_layers - span_len + 1))
     fold_blocks = [k - 1 for k in candidates if k >= 1]
+    norms = {j: block_post_norm(loaded, j) for j in fold_blocks} if through_norm else {}
     one_pass = not cosine and fit_memory_bytes(dim, len(fold_blocks)) <= settings.fit_memory_budget * 2**30
     calibration = calibrate(loaded, windows, request.batch_size, cut=span_len,
                             fold_blocks=fold_blocks if one_pass else (), fit_weighting=settings.fit_weighting,
-                            progress=request.progress)
+                            post_norms=norms, progress=request.progress)
     protected = tuple(calibration.scan.massive_creators()) if not settings.allow_massive_cut else ()
     starts = place_spans(loaded, calibration, request, min_start, gap=1, protected=protected)
     transforms, details = {}, {"single_pass": one_pass, "protected_blocks": list(protected), "cuts": []}
+    scales = {}
     for start in starts:
         fold_block = start - 1
+        norm = norms.get(fold_block)
         rows = None
         if one_pass:
             stats: LinearFitStats = calibration.fits[fold_block]
         else:
             keep_rows = settings.cosine_tokens if cosine else 0
             stats, rows = collect_fit(loaded, windows, fold_block, span_len, request.batch_size,
-                                      keep_rows=keep_rows, seed=request.seed,
-                                      fit_weighting=settings.fit_weighting, progress=request.progress)
+                                      keep_rows=keep_rows, seed=request.seed, fit_weighting=settings.fit_weighting,
+                                      post_norm=norm, progress=request.progress)
         transform = solve_lstsq(stats.gram, stats.cross, settings.alpha)
         cut_info = {"start": start, "fold_block": fold_block, "tokens": int(stats.tokens),
                     "output_sq": float(stats.output_sq),
                     "lstsq_residual": fit_residual(stats.gram, stats.cross, stats.target_sq, transform),
                     "identity_residual": fit_residual(stats.gram, stats.cross, stats.target_sq,
                                                       torch.eye(dim, dtype=torch.float64))}
-        if cosine:
+        if through_norm:
+            cut_info["residual_space"] = "pre-norm scaled targets, direction-weighted"
+        if cosine and through_norm:
+            init = transform if settings.cosine_init == "lstsq" else torch.eye(dim, dtype=torch.float64)
+            identity_loss = float(through_norm_loss(torch.eye(dim), norm.scale.float(), rows, norm.eps))
+            transform, scales[fold_block] = fit_through_norm(
+                rows, init, norm.scale, eps=norm.eps, objective="cosine", lr=settings.cosine_lr,
+                epochs=settings.cosine_epochs, batch_tokens=settings.cosine_batch_tokens, seed=request.seed,
+                progress=request.progress)
+            cut_info.update(cosine_rows=int(rows[0].shape[0]), identity_cosine_loss=identity_loss,
+                            cosine_loss=float(through_norm_loss(transform.float(), scales[fold_block].float(),
+                                                                rows, norm.eps)),
+                            cosine_settings={name: getattr(settings, name) for name in POST_NORM_COSINE_DEFAULTS})
+        elif cosine:
             init = transform if settings.cosine_init == "lstsq" else torch.eye(dim, dtype=torch.float64)
             transform = fit_cosine(rows, init, lr=settings.cosine_lr, epochs=settings.cosine_epochs,
                                    batch_tokens=settings.cosine_batch_tokens, objective=settings.cosine_objective,
                                    seed=request.seed, progress=request.progress)
             cut_info["cosine_rows"] = int(rows[0].shape[0])
             cut_info["cosine_residual"] = fit_residual(stats.gram, stats.cross, stats.target_sq, transform)
+        elif through_norm:
+            scales[fold_block] = refit_norm_scale(loaded, windows, fold_block, span_len, transform, norm,
+                                                  request.batch_size, request.progress)
         transforms[fold_block] = transform
         details["cuts"].append(cut_info)
     materialize(loaded, list(transforms))
     for fold_block, transform in transforms.items():
-        fold_into_block(loaded, fold_block, transform)
+        if through_norm:
+            fold_through_norm(loaded, fold_block, transform, scales[fold_block])
+        else:
+            fold_into_block(loaded, fold_block, transform)
+    details["folds"] = [fold_record(loaded, fold_block) for fold_block in transforms]
     removed = remove_blocks(loaded, spans_to_blocks(starts, span_len))
     return PruneOutcome(request.method, removed, starts, span_len,
                         scores=span_summary(calibration, request.select, starts, span_len), details=details)
+
+
+def check_post_norm_settings(loaded: LoadedModel, settings: ReplaceMeSettings) -> None:
+    """Refuse the options that do not apply when the map is fitted through a post-MLP norm."""
+    name = loaded.model.config.model_type
+    if settings.fit_weighting != "none":
+        raise ConfigError(f"--fit-weighting does not apply to {name}: through its post-MLP norm the least squares "
+                          "always weights tokens by direction; drop the flag")
+    if isinstance(settings, CosineSettings) and settings.cosine_objective != "full":
+        raise ConfigError(f"--cosine-objective {settings.cosine_objective} does not apply to {name}: the fit through "
+                          "its post-MLP norm uses the full-output cosine; drop the flag")
 
 
 @register("replaceme-lstsq", ReplaceMeSettings)
