@@ -242,10 +242,11 @@ def gemma3_config_only(directory: Path) -> Path:
 
 
 @pytest.mark.parametrize("argv, fragments", [
-    (["prune", "--method", "replaceme-lstsq", "--cut", "2"],
-     ["--method replaceme-lstsq does not work on gemma3 models", "post_feedforward_layernorm"]),
-    (["compare", "--methods", "angular,replaceme-cosine", "--cut", "2", "--ppl", "builtin:pydoc-eval"],
-     ["--method replaceme-cosine does not work on gemma3"]),
+    (["prune", "--method", "replaceme-lstsq", "--cut", "2", "--fit-weighting", "unit-target"],
+     ["--method replaceme-lstsq does not work on gemma3 models", "post_feedforward_layernorm", "--fit-weighting"]),
+    (["compare", "--methods", "angular,replaceme-cosine", "--cut", "2", "--ppl", "builtin:pydoc-eval",
+      "--cosine-objective", "residual"],
+     ["--method replaceme-cosine does not work on gemma3", "--cosine-objective residual"]),
     (["prune", "--method", "angular", "--cut", "6"], ["--cut 6 is out of range", "6 layers"]),
     (["prune", "--method", "laco", "--cut", "2", "--laco-layers", "1"], ["--laco-layers", "greater than or equal to 2"]),
     (["compare", "--methods", "angular,replaceme-cosine", "--cut", "2", "--ppl", "builtin:pydoc-eval",

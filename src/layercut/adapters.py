@@ -67,7 +67,8 @@ class ArchAdapter:
         fused_gate_up: `mlp_in` is one matrix holding [gate; up] stacked (Phi-3).
         input_norm / post_attn_norm: the two pre-norms of a block.
         mlp_post_norm: a norm applied after the MLP (Gemma 2/3); when set, the MLP branch does
-            not end in a linear op and a full ReplaceMe transform cannot be folded.
+            not end in a linear op, so ReplaceMe fits its map through the norm and folds it into
+            `mlp_down` with the norm's refitted scale (methods/postnorm_fit.py).
         mlp_pre_norm: the norm in front of the MLP when it is not `post_attn_norm` (Gemma 2/3 put
             `post_attention_layernorm` after the attention and `pre_feedforward_layernorm` before the MLP).
         norm_weight_offset: the RMSNorms multiply by (offset + weight); Gemma stores weight = g - 1.
@@ -144,7 +145,8 @@ class ArchAdapter:
 
     @property
     def can_fold_linear(self) -> bool:
-        """True when the MLP branch ends with a linear op, so a d x d map can be folded into it."""
+        """True when the MLP branch ends with a linear op, so a d x d map folds into it as is;
+        otherwise the map acts before the post-MLP norm (ReplaceMe fits and folds it through the norm)."""
         return self.mlp_post_norm is None
 
     def check(self, model: nn.Module) -> None:

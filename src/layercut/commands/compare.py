@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     config = peek_from_args(args)
     for request in requests:
         check_request(request, config.num_hidden_layers)
-        check_family(request.method, config)
+        check_family(request, config)
     dense = load_from_args(args)
     windows = calib_from_args(args, dense)
     ppl = ppl_from_args(args)

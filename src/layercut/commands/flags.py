@@ -42,7 +42,8 @@ def add_cut_args(parser: argparse.ArgumentParser) -> None:
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="alias (smollm2-135m), HF directory, .gguf file or hub id (default: %(default)s)")
+                        help="alias (smollm2-135m, gemma3-270m), HF directory, .gguf file or hub id "
+                             "(default: %(default)s)")
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--trust-remote-code", action="store_true",

@@ -104,7 +104,7 @@ def check_before_loading(args: argparse.Namespace) -> PruneRequest:
         check_offload_supported(args.method, args.granularity, args.heal_steps)
     config = peek_from_args(args)
     check_request(request, config.num_hidden_layers)
-    check_family(args.method, config)
+    check_family(request, config)
     check_output_room(args, config, args.out)
     return request
 

@@ -120,7 +120,7 @@ class PruneOutcome:
 
 
 Method = Callable[["LoadedModel", "torch.Tensor", PruneRequest, Any], PruneOutcome]
-FamilyLimit = Callable[["ArchAdapter"], Optional[str]]  # why a method cannot work on a family, or None
+FamilyLimit = Callable[["ArchAdapter", MethodOptions], Optional[str]]  # why not on a family (with these options), or None
 
 
 @dataclass(frozen=True)
@@ -140,9 +140,9 @@ METHODS: dict[str, MethodSpec] = {}
 def register(name: str, options: type[MethodOptions] = NoOptions, select: str = "angular",
              family_limit: FamilyLimit | None = None) -> Callable[[Method], Method]:
     """Decorator: make `method(loaded, windows, request, options)` available to `prune` (and so to the CLI,
-    recipes and `compare`) as `name`, with its options declared by `options`. `family_limit(adapter)`
-    says from the adapter entry alone why the method cannot work on a family (None: it can), so a
-    command refuses before any weights load."""
+    recipes and `compare`) as `name`, with its options declared by `options`. `family_limit(adapter,
+    options)` says from the adapter entry and the chosen options alone why the method cannot work on a
+    family with those options (None: it can), so a command refuses before any weights load."""
 
     def add(method: Method) -> Method:
         METHODS[name] = MethodSpec(name, method, options, select, family_limit)

@@ -45,14 +45,22 @@ def direction_weights(zed: torch.Tensor) -> torch.Tensor:
     return 1.0 / zed.double().pow(2).sum(-1).clamp_min(1e-30)
 
 
+def norm_scale_sums(normalized: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel sums (sum_t w_t n_tc r_tc, sum_t w_t n_tc^2) of `fit_norm_scale`, so that
+    a calibration pass can add them up batch by batch."""
+    n64, r64 = normalized.double(), target.double()
+    w64 = torch.ones(n64.shape[0], dtype=torch.float64) if weight is None else weight.double()
+    w64 = w64.to(n64.device).unsqueeze(1)
+    return (w64 * n64 * r64).sum(0), (w64 * n64 * n64).sum(0)
+
+
 def fit_norm_scale(normalized: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
                    ) -> torch.Tensor:
     """Per-channel scale g minimising sum_t w_t ||g * n_t - r_t||^2, in closed form:
     g_c = sum_t w_t n_tc r_tc / sum_t w_t n_tc^2, with n_t the unit-scale norm output x / rms(x)."""
-    n64, r64 = normalized.double(), target.double()
-    w64 = torch.ones(n64.shape[0], dtype=torch.float64) if weight is None else weight.double()
-    w64 = w64.to(n64.device).unsqueeze(1)
-    return (w64 * n64 * r64).sum(0) / (w64 * n64 * n64).sum(0).clamp_min(1e-30)
+    cross, square = norm_scale_sums(normalized, target, weight)
+    return cross / square.clamp_min(1e-30)
 
 
 def through_norm_loss(transform: torch.Tensor, scale: torch.Tensor, rows: Rows, eps: float,

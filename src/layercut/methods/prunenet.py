@@ -51,7 +51,7 @@ from layercut.errors import ConfigError
 from layercut.export import count_parameters, follow_umask
 from layercut.linear import weight_out_in
 from layercut.loading import LoadedModel
-from layercut.methods.settings import FEATURES, REWARDS, VARIANT_DEFAULTS, VARIANTS, PolicyConfig
+from layercut.methods.settings import FEATURES, REWARDS, VARIANTS, PolicyConfig
 from layercut.slicing import ffn_width, keep_count, slice_ffn
 
 POLICY_FORMAT = "layercut-prunenet-policy/2"

@@ -3,20 +3,28 @@ applied to the MLP output of the block before the span, then fold T into that bl
 down-projection so the pruned model has no extra parameters.
 
 `replaceme-lstsq` solves for T in closed form from sums one calibration pass keeps;
-`replaceme-cosine` refines that solution with Adam on the cosine objective over kept token rows."""
+`replaceme-cosine` refines that solution with Adam on the cosine objective over kept token rows.
+
+In families that normalise the MLP output (adapter `mlp_post_norm`: Gemma 2/3) T acts before the
+norm and the norm's own scale g' is refitted with it (docs/ALGORITHMS-postnorm.md, `postnorm_fit`):
+`replaceme-lstsq` takes the direction-weighted least squares and the closed-form g';
+`replaceme-cosine` fits (T, g') through the norm from the identity. Both stay foldable."""
 
 from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
 
-from layercut.adapters import ArchAdapter, family_name
-from layercut.calibration.capture import LinearFitStats, calibrate, collect_fit, fit_memory_bytes
+from layercut.adapters import ArchAdapter
+from layercut.calibration.capture import (LinearFitStats, PostNorm, calibrate, collect_fit, fit_memory_bytes,
+                                          fit_rows, forward_blocks)
 from layercut.calibration.selection import spans_to_blocks
-from layercut.errors import UnsupportedArchitectureError
+from layercut.distributed import all_reduce_sum, shard_windows
 from layercut.linear import fold_right_matrix
 from layercut.loading import LoadedModel
-from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.postnorm_fit import (effective_scale, fit_through_norm, fold_through_norm, norm_scale_sums,
+                                           post_norm, rms_norm, through_norm_loss)
 from layercut.methods.settings import CosineSettings, ReplaceMeSettings
 from layercut.methods.spans import place_spans, span_summary
 from layercut.onload import materialize
@@ -82,84 +90,162 @@ def fit_cosine(rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor], init: torc
     return transform.detach().double()
 
 
-def fold_limit(adapter: ArchAdapter) -> str | None:
-    """Why a ReplaceMe map cannot be folded in this family (from its adapter entry), or None."""
-    if adapter.can_fold_linear:
-        return None
-    return (f"it normalises the MLP output ({adapter.mlp_post_norm}), so a ReplaceMe map cannot be folded into a "
-            "linear layer; use --method angular (drop only) or streamline-layer for this model")
+# Measured on Gemma-3-270m (docs/ALGORITHMS-postnorm.md): through a norm the Llama defaults barely
+# move the map on a few thousand tokens; these replace an option the user left at its default.
+POST_NORM_COSINE_DEFAULTS = {"cosine_epochs": 30, "cosine_lr": 1e-3, "cosine_batch_tokens": 256,
+                             "cosine_init": "identity"}
+
+
+def post_norm_settings(settings: CosineSettings) -> CosineSettings:
+    """`settings` with every option in POST_NORM_COSINE_DEFAULTS that still has its declared
+    default replaced by the post-norm default."""
+    changes = {name: value for name, value in POST_NORM_COSINE_DEFAULTS.items()
+               if getattr(settings, name) == type(settings).model_fields[name].default}
+    return settings.model_copy(update=changes)
+
+
+def block_post_norm(loaded: LoadedModel, block_index: int) -> PostNorm:
+    """Block `block_index`'s post-MLP norm as the calibration pass applies it."""
+    return PostNorm(effective_scale(loaded, block_index), float(post_norm(loaded, block_index).eps))
+
+
+def refit_norm_scale(loaded: LoadedModel, windows: torch.Tensor, fold_block: int, cut: int, transform: torch.Tensor,
+                     norm: PostNorm, batch_size: int, progress: bool = True) -> torch.Tensor:
+    """The closed-form post-MLP norm scale for a fixed T, from one pass that stops after the span:
+    g'_c = sum w n_c r_c / sum w n_c^2 with n = RMSNorm(M T; 1), r = L - Y and w = 1 / ||L||^2."""
+    dim = transform.shape[0]
+    cross, square = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64)
+    for capture in forward_blocks(loaded, shard_windows(windows), batch_size, mlp_blocks={fold_block},
+                                  stop_after=fold_block + cut, desc="norm scale", progress=progress):
+        mlp_out, attn_out, span_out = fit_rows(capture, fold_block, cut, norm)
+        normalized = rms_norm(mlp_out.double() @ transform.to(mlp_out.device), torch.ones((), dtype=torch.float64),
+                              norm.eps)
+        weight = 1.0 / span_out.double().pow(2).sum(1).clamp_min(1e-12)
+        batch_cross, batch_square = norm_scale_sums(normalized, span_out - attn_out, weight)
+        cross += batch_cross.cpu()
+        square += batch_square.cpu()
+    all_reduce_sum([cross, square])
+    return cross / square.clamp_min(1e-30)
 
 
 def fold_into_block(loaded: LoadedModel, block_index: int, transform: torch.Tensor) -> None:
     """Make block `block_index` output Y + M T by folding T into its MLP down-projection."""
     adapter = loaded.adapter
-    limit = fold_limit(adapter)
-    if limit:
-        raise UnsupportedArchitectureError(f"{family_name(loaded.model.config.model_type)}: {limit}")
     block = adapter.blocks(loaded.model)[block_index]
     fold_right_matrix(adapter.down_proj(block), transform)
+
+
+def fold_record(loaded: LoadedModel, block_index: int) -> dict:
+    """What the fold changed in block `block_index`, for the model card."""
+    adapter = loaded.adapter
+    record = {"block": block_index, "map_folded_into": f"{adapter.mlp}.{adapter.mlp_down}"}
+    if not adapter.can_fold_linear:
+        record["norm_scale_refitted"] = adapter.mlp_post_norm
+    return record
 
 
 def replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest, settings: ReplaceMeSettings
               ) -> PruneOutcome:
     """Choose the span(s), fit one map per span (least squares, then the cosine refinement if asked),
-    fold each map into the block before its span and remove the span."""
+    fold each map into the block before its span and remove the span. Through a post-MLP norm the
+    norm's scale is refitted too (closed form for lstsq, jointly for cosine) and folded into it."""
     span_len = request.cut // request.num_cuts
     min_start = max(1, 1 if request.min_start is None else request.min_start)
     cosine = isinstance(settings, CosineSettings)
+    through_norm = not loaded.adapter.can_fold_linear
+    if through_norm:
+        if cosine:
+            settings = post_norm_settings(settings)
     dim = loaded.model.config.hidden_size
     candidates = [request.start] if request.start is not None else \
         list(range(min_start, loaded.num_layers - span_len + 1))
     fold_blocks = [k - 1 for k in candidates if k >= 1]
+    norms = {j: block_post_norm(loaded, j) for j in fold_blocks} if through_norm else {}
     one_pass = not cosine and fit_memory_bytes(dim, len(fold_blocks)) <= settings.fit_memory_budget * 2**30
     calibration = calibrate(loaded, windows, request.batch_size, cut=span_len,
                             fold_blocks=fold_blocks if one_pass else (), fit_weighting=settings.fit_weighting,
-                            progress=request.progress)
+                            post_norms=norms, progress=request.progress)
     massive = calibration.scan.massive_creators() if not settings.allow_massive_cut else []
     guards = request.guards(loaded.num_layers, massive, first_needed=FOLD_NEEDS_A_BLOCK)
     starts, protection = place_spans(loaded, calibration, request, guards, gap=1)
     transforms, details = {}, {"single_pass": one_pass, **protection, "cuts": []}
+    scales = {}
     for start in starts:
         fold_block = start - 1
+        norm = norms.get(fold_block)
         rows = None
         if one_pass:
             stats: LinearFitStats = calibration.fits[fold_block]
         else:
             keep_rows = settings.cosine_tokens if cosine else 0
             stats, rows = collect_fit(loaded, windows, fold_block, span_len, request.batch_size,
-                                      keep_rows=keep_rows, seed=request.seed,
-                                      fit_weighting=settings.fit_weighting, progress=request.progress)
+                                      keep_rows=keep_rows, seed=request.seed, fit_weighting=settings.fit_weighting,
+                                      post_norm=norm, progress=request.progress)
         transform = solve_lstsq(stats.gram, stats.cross, settings.alpha)
         cut_info = {"start": start, "fold_block": fold_block, "tokens": int(stats.tokens),
                     "output_sq": float(stats.output_sq),
                     "lstsq_residual": fit_residual(stats.gram, stats.cross, stats.target_sq, transform),
                     "identity_residual": fit_residual(stats.gram, stats.cross, stats.target_sq,
                                                       torch.eye(dim, dtype=torch.float64))}
-        if cosine:
+        if through_norm:
+            cut_info["residual_space"] = "pre-norm scaled targets, direction-weighted"
+        if cosine and through_norm:
+            init = transform if settings.cosine_init == "lstsq" else torch.eye(dim, dtype=torch.float64)
+            identity_loss = float(through_norm_loss(torch.eye(dim), norm.scale.float(), rows, norm.eps))
+            transform, scales[fold_block] = fit_through_norm(
+                rows, init, norm.scale, eps=norm.eps, objective="cosine", lr=settings.cosine_lr,
+                epochs=settings.cosine_epochs, batch_tokens=settings.cosine_batch_tokens, seed=request.seed,
+                progress=request.progress)
+            cut_info.update(cosine_rows=int(rows[0].shape[0]), identity_cosine_loss=identity_loss,
+                            cosine_loss=float(through_norm_loss(transform.float(), scales[fold_block].float(),
+                                                                rows, norm.eps)),
+                            cosine_settings={name: getattr(settings, name) for name in POST_NORM_COSINE_DEFAULTS})
+        elif cosine:
             init = transform if settings.cosine_init == "lstsq" else torch.eye(dim, dtype=torch.float64)
             transform = fit_cosine(rows, init, lr=settings.cosine_lr, epochs=settings.cosine_epochs,
                                    batch_tokens=settings.cosine_batch_tokens, objective=settings.cosine_objective,
                                    seed=request.seed, progress=request.progress)
             cut_info["cosine_rows"] = int(rows[0].shape[0])
             cut_info["cosine_residual"] = fit_residual(stats.gram, stats.cross, stats.target_sq, transform)
+        elif through_norm:
+            scales[fold_block] = refit_norm_scale(loaded, windows, fold_block, span_len, transform, norm,
+                                                  request.batch_size, request.progress)
         transforms[fold_block] = transform
         details["cuts"].append(cut_info)
     materialize(loaded, list(transforms))
     for fold_block, transform in transforms.items():
-        fold_into_block(loaded, fold_block, transform)
+        if through_norm:
+            fold_through_norm(loaded, fold_block, transform, scales[fold_block])
+        else:
+            fold_into_block(loaded, fold_block, transform)
+    details["folds"] = [fold_record(loaded, fold_block) for fold_block in transforms]
     removed = remove_blocks(loaded, spans_to_blocks(starts, span_len))
     return PruneOutcome(request.method, removed, starts, span_len,
                         scores=span_summary(calibration, request.select, starts, span_len), details=details)
 
 
-@register("replaceme-lstsq", ReplaceMeSettings, family_limit=fold_limit)
+def post_norm_limit(adapter: ArchAdapter, settings: MethodOptions) -> str | None:
+    """Why these ReplaceMe options cannot be used on this family, or None: through a post-MLP norm the
+    least squares always weights tokens by direction and the cosine fit uses the full output."""
+    if adapter.can_fold_linear:
+        return None
+    if getattr(settings, "fit_weighting", "none") != "none":
+        return (f"--fit-weighting {settings.fit_weighting} does not apply through its post-MLP norm "
+                f"({adapter.mlp_post_norm}), where the least squares weights tokens by direction; drop the flag")
+    if getattr(settings, "cosine_objective", "full") != "full":
+        return (f"--cosine-objective {settings.cosine_objective} does not apply through its post-MLP norm "
+                f"({adapter.mlp_post_norm}), where the fit uses the full-output cosine; drop the flag")
+    return None
+
+
+@register("replaceme-lstsq", ReplaceMeSettings, family_limit=post_norm_limit)
 def replaceme_lstsq(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
                     settings: ReplaceMeSettings) -> PruneOutcome:
     """ReplaceMe with the closed-form (ridge) least-squares map."""
     return replaceme(loaded, windows, request, settings)
 
 
-@register("replaceme-cosine", CosineSettings, family_limit=fold_limit)
+@register("replaceme-cosine", CosineSettings, family_limit=post_norm_limit)
 def replaceme_cosine(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
                      settings: CosineSettings) -> PruneOutcome:
     """ReplaceMe with the map refined by the cosine objective (Adam, from the LS solution by default)."""

@@ -40,11 +40,16 @@ class CosineSettings(ReplaceMeSettings):
     """The cosine refinement of `replaceme-cosine`."""
 
     title: ClassVar[str] = "replaceme-cosine"
-    cosine_epochs: int = Field(10, ge=1, description="Adam epochs over the kept token rows")
-    cosine_lr: float = Field(1e-4, gt=0.0, description="Adam learning rate")
-    cosine_batch_tokens: int = Field(1024, ge=1, description="token rows per Adam step")
+    cosine_epochs: int = Field(10, ge=1, description="Adam epochs over the kept token rows (left at 10: 30 in "
+                                                     "families with a post-MLP norm)")
+    cosine_lr: float = Field(1e-4, gt=0.0, description="Adam learning rate (left at 1e-4: 1e-3 in families with a "
+                                                       "post-MLP norm)")
+    cosine_batch_tokens: int = Field(1024, ge=1, description="token rows per Adam step (left at 1024: 256 in "
+                                                             "families with a post-MLP norm)")
     cosine_tokens: int = Field(65536, ge=1, description="token rows kept for the cosine fit")
-    cosine_init: Literal["lstsq", "identity"] = Field("lstsq", description="start from the lstsq map or the identity")
+    cosine_init: Literal["lstsq", "identity"] = Field("lstsq", description="start from the lstsq map or the identity "
+                                                                           "(left at lstsq: identity in families "
+                                                                           "with a post-MLP norm)")
     cosine_objective: Literal["full", "residual"] = Field(
         "full", description="full: cos(MT+Y, L); residual: cos(MT, L-Y) as the reference code")
 

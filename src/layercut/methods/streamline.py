@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from layercut.adapters import ArchAdapter, family_name, get_path
+from layercut.adapters import get_path
 from layercut.calibration.capture import calibrate, first_tensor, forward_blocks
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
