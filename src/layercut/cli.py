@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "layercut.commands.run",
     "layercut.commands.bench",
     "layercut.commands.compare",
+    "layercut.commands.shrink",
 )
 
 

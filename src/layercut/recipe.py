@@ -141,7 +141,8 @@ SlimStep = create_model("SlimStep", __base__=SlimFields, __module__=__name__,
 class HealStep(Step):
     command: ClassVar[str] = "heal"
     writes_model: ClassVar[bool] = True
-    data: str
+    data: str | list[str]
+    max_minutes: PositiveFloat | None = None
     text_field: str | None = None
     seq_len: int | None = Field(None, ge=2)
     ppl: str | None = None
