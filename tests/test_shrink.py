@@ -132,7 +132,8 @@ def test_each_target_gives_a_model_of_the_right_size(target, layers, calib_text,
 
 def test_heal_report_and_resume_after_ctrl_c(calib_text, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    config = quick_config(Target("layers", 6), calib_text, budget=0.6, kd_weight=0.5)
+    config = quick_config(Target("layers", 6), calib_text, budget=0.6, kd_weight=0.5, ppl=calib_text,
+                          ppl_max_tokens=256, ppl_seq_len=32)
     real_step = trainer.train_step
 
     def interrupt_at_third(run, step):
@@ -159,7 +160,8 @@ def test_heal_report_and_resume_after_ctrl_c(calib_text, tmp_path, monkeypatch):
     assert math.isclose(second.state.final["heldout_ppl"], windows_perplexity(
         final, split_calibration(final.tokenizer, calib_text, 8, 4, 32)[1], 4), rel_tol=1e-6)
     report = (out / REPORT_MD).read_text()
-    assert "Candidates checked" in report and "(chosen)" in report
+    assert "Candidates checked" in report and "(chosen)" in report and "(8 windows of 32 tokens)" in report
+    assert second.state.final["text"]["ppl"] > 1 and second.state.dense["text"]["windows"] == 8
     from PIL import Image
 
     with Image.open(out / REPORT_PNG) as image:

@@ -333,10 +333,8 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
 
 def heal_budget(config: ShrinkConfig, state: ShrinkState) -> float:
     """Seconds left for training: the budget less what the stages took, less the final evaluation
-    (about the held-out checks' time per model, more with --ppl) and the save."""
-    per_eval = state.dense.get("heldout_seconds", 0.0)
-    ppl_share = config.ppl_max_tokens / max(1, config.heldout * config.seq_len) if config.ppl else 0.0
-    reserve = per_eval * (1.0 + 2.0 * ppl_share) + 15.0
+    (as long as the dense model's, held-out and --ppl text) and the save."""
+    reserve = state.dense.get("heldout_seconds", 0.0) + state.dense.get("text_seconds", 0.0) + 15.0
     return config.budget_minutes * 60.0 - state.spent() - reserve
 
 
@@ -360,6 +358,10 @@ def shrink(loaded: LoadedModel, config: ShrinkConfig, out: str | Path, resume: b
             dense_ppl = windows_perplexity(loaded, heldout, config.batch_size)
             state.dense = {"heldout_ppl": dense_ppl, "heldout_seconds": time.perf_counter() - started,
                            "params": sizes.parameters, "layers": sizes.num_layers}
+            if config.ppl:
+                started = time.perf_counter()
+                state.dense["text"] = ppl_on_text(loaded, config)
+                state.dense["text_seconds"] = time.perf_counter() - started
             candidates, fits = score_candidates(loaded, calib, state.cut, config.batch_size, config.fit_memory_gib,
                                                 config.progress)
             state.candidates = [asdict(c) for c in candidates]
@@ -407,7 +409,7 @@ def shrink(loaded: LoadedModel, config: ShrinkConfig, out: str | Path, resume: b
     if state.final is None:
         with Stage(state, "evaluate"):
             final = load_model(str(model_dir), device=str(loaded.device))
-            state.final = final_evaluation(loaded, final, config, heldout, state)
+            state.final = final_evaluation(final, config, heldout)
         state.save(out)
     from layercut.shrink_report import write_report
 
@@ -446,16 +448,19 @@ def heal_stage(dense: LoadedModel, pruned: LoadedModel, config: ShrinkConfig, st
     return result.interrupted
 
 
-def final_evaluation(dense: LoadedModel, final: LoadedModel, config: ShrinkConfig, heldout: torch.Tensor,
-                     state: ShrinkState) -> dict[str, Any]:
-    """Held-out perplexity of the final model, and dense vs final on the --ppl text when given."""
+def ppl_on_text(loaded: LoadedModel, config: ShrinkConfig) -> dict[str, Any]:
+    """Perplexity on the --ppl text, with what was measured."""
     from layercut.evaluation.perplexity import text_perplexity
 
+    result = text_perplexity(loaded, config.ppl, config.ppl_seq_len, config.ppl_max_tokens, config.batch_size,
+                             progress=False)
+    return {"ppl": result.perplexity, "windows": result.windows, "seq_len": result.seq_len}
+
+
+def final_evaluation(final: LoadedModel, config: ShrinkConfig, heldout: torch.Tensor) -> dict[str, Any]:
+    """Held-out perplexity of the final model, and its perplexity on the --ppl text when given."""
     result: dict[str, Any] = {"heldout_ppl": windows_perplexity(final, heldout, config.batch_size),
                               "params": count_parameters(final.model), "layers": final.num_layers}
     if config.ppl:
-        measure = lambda model: text_perplexity(model, config.ppl, config.ppl_seq_len, config.ppl_max_tokens,  # noqa: E731
-                                                config.batch_size, progress=False).perplexity
-        result["ppl"] = {"source": config.ppl, "max_tokens": config.ppl_max_tokens, "seq_len": config.ppl_seq_len,
-                         "dense": measure(dense), "final": measure(final)}
+        result["text"] = ppl_on_text(final, config)
     return result

@@ -61,11 +61,11 @@ def render_markdown(state: ShrinkState) -> str:
         lines.append(f"- held-out perplexity: dense {dense['heldout_ppl']:.2f}, chosen cut "
                      f"{chosen.get('heldout_ppl', float('nan')):.2f}, final {final['heldout_ppl']:.2f} "
                      "(when healing read the calibration text, it saw these windows too)")
-        if final.get("ppl"):
-            ppl = final["ppl"]
-            lines.append(f"- perplexity on `{ppl['source']}` (first {ppl['max_tokens']:,} tokens, windows of "
-                         f"{ppl['seq_len']}): dense {ppl['dense']:.2f}, final {ppl['final']:.2f} "
-                         f"({ppl['final'] / ppl['dense']:.2f}x)")
+        if final.get("text"):
+            text, dense_text = final["text"], dense["text"]
+            lines.append(f"- perplexity on `{settings['ppl']}` ({text['windows']} windows of {text['seq_len']} "
+                         f"tokens): dense {dense_text['ppl']:.2f}, final {text['ppl']:.2f} "
+                         f"({text['ppl'] / dense_text['ppl']:.2f}x)")
     lines += ["- wall seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in state.seconds.items())
               + f" (total {state.spent():.0f}, budget {settings['budget_minutes'] * 60:.0f})", ""]
     return "\n".join(lines)
