@@ -132,7 +132,7 @@ def test_each_target_gives_a_model_of_the_right_size(target, layers, calib_text,
 
 def test_heal_report_and_resume_after_ctrl_c(calib_text, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    config = quick_config(Target("layers", 6), calib_text, budget=0.6, kd_weight=0.5, ppl=calib_text,
+    config = quick_config(Target("layers", 6), calib_text, budget=5, heal_tokens=6 * 2 * 32, kd_weight=0.5, ppl=calib_text,
                           ppl_max_tokens=256, ppl_seq_len=32)
     real_step = trainer.train_step
 
@@ -151,7 +151,7 @@ def test_heal_report_and_resume_after_ctrl_c(calib_text, tmp_path, monkeypatch):
     monkeypatch.setattr(shrink_module, "score_candidates", lambda *a, **k: pytest.fail("scoring ran again"))
     monkeypatch.setattr(shrink_module, "apply_candidate", lambda *a, **k: pytest.fail("a candidate was rebuilt"))
     second = shrink(tiny_loaded("llama", num_layers=8), config, out, resume=True)
-    assert not second.interrupted and second.state.heal["steps"] > 2
+    assert not second.interrupted and second.state.heal["steps"] == 6
     assert second.state.checked == saved["checked"] and second.state.chosen == saved["chosen"]
     log = [json.loads(line) for line in (out / "heal" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, len(log) + 1))
@@ -169,6 +169,9 @@ def test_heal_report_and_resume_after_ctrl_c(calib_text, tmp_path, monkeypatch):
 
     third = shrink(tiny_loaded("llama", num_layers=8), config, out, resume=True)  # everything done: nothing reruns
     assert third.state.final == second.state.final
+    monkeypatch.undo()
+    fresh = shrink(tiny_loaded("llama", num_layers=8), quick_config(Target("layers", 7), calib_text, budget=0.01), out)
+    assert not (out / "heal").exists() and fresh.state.cut == 1  # a fresh run (--overwrite) leaves nothing stale
 
 
 def test_time_limit_replans_the_schedule(calib_text):

@@ -33,6 +33,8 @@ from layercut.speed import head_parameters
 from layercut.surgery import remove_blocks
 
 STATE_FILE = "shrink_state.json"
+REPORT_MD = "report.md"
+REPORT_PNG = "report.png"
 METHODS = ("drop", "replaceme-lstsq")
 TargetKind = Literal["params", "layers", "speedup"]
 
@@ -287,6 +289,7 @@ class ShrinkConfig:
     heal_lr: float | None = None
     heal_seq_len: int = 256
     heal_batch_size: int = 4
+    heal_tokens: int | None = None  # a cap besides the time budget
     kd_weight: float = 0.5
     ppl: str | None = None
     ppl_max_tokens: int = 16384
@@ -331,6 +334,21 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+OUTPUTS = (STATE_FILE, "pruned", "heal", "model", REPORT_MD, REPORT_PNG)
+
+
+def remove_stale_outputs(out: Path) -> None:
+    """A fresh run in an existing directory (--overwrite) starts from nothing a former run left."""
+    import shutil
+
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def heal_budget(config: ShrinkConfig, state: ShrinkState) -> float:
     """Seconds left for training: the budget less what the stages took, less the final evaluation
     (as long as the dense model's, held-out and --ppl text) and the save."""
@@ -345,8 +363,11 @@ def shrink(loaded: LoadedModel, config: ShrinkConfig, out: str | Path, resume: b
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = ShrinkState.load(out, config.settings(loaded.source)) if resume else \
-        ShrinkState(settings=config.settings(loaded.source))
+    if resume:
+        state = ShrinkState.load(out, config.settings(loaded.source))
+    else:
+        remove_stale_outputs(out)
+        state = ShrinkState(settings=config.settings(loaded.source))
     sizes = model_sizes(loaded)
     state.cut = cut_for_target(config.target, sizes)
     calib, heldout = split_calibration(loaded.tokenizer, config.calib, config.samples, config.heldout,
@@ -435,8 +456,8 @@ def heal_stage(dense: LoadedModel, pruned: LoadedModel, config: ShrinkConfig, st
     resume_from = latest_checkpoint(work_dir) if state.heal else None
     limit = state.heal["max_seconds"] if state.heal else seconds
     heal_config = build_config(
-        data=config.heal_data or config.calib, mode=config.heal_mode, lr=config.heal_lr, steps=1_000_000,
-        warmup=5, batch_size=config.heal_batch_size, seq_len=config.heal_seq_len, kd_weight=config.kd_weight,
+        data=config.heal_data or config.calib, mode=config.heal_mode, lr=config.heal_lr, steps=None if config.heal_tokens else 1_000_000,
+        tokens=config.heal_tokens, warmup=5, batch_size=config.heal_batch_size, seq_len=config.heal_seq_len, kd_weight=config.kd_weight,
         max_seconds=limit, work_dir=str(work_dir), resume=str(resume_from) if resume_from else None,
         seed=config.seed, progress=config.progress)
     with Stage(state, "heal"):

@@ -8,10 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from layercut.export import save_figure_atomic, write_text_atomic
-from layercut.shrink import ShrinkState, rank_agreement
-
-REPORT_MD = "report.md"
-REPORT_PNG = "report.png"
+from layercut.shrink import REPORT_MD, REPORT_PNG, ShrinkState, rank_agreement
 
 
 def read_log(path: str | None) -> list[dict[str, Any]]:

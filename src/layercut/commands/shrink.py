@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     heal.add_argument("--heal-lr", type=float, default=None, help="peak learning rate (default: 1e-4 full, 1e-3 lora)")
     heal.add_argument("--heal-seq-len", type=int_at_least(2), default=256, help="default: %(default)s")
     heal.add_argument("--heal-batch-size", type=positive_int, default=4, help="default: %(default)s")
+    heal.add_argument("--heal-tokens", type=positive_int, default=None,
+                      help="stop healing after this many training tokens, even with time left")
     heal.add_argument("--kd-weight", type=float, default=0.5,
                       help="distillation weight from the dense model; 0 trains on next tokens only")
     evaluation = parser.add_argument_group("evaluation")
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         target=target, calib=args.calib, samples=args.samples, heldout=args.heldout, seq_len=args.seq_len,
         batch_size=args.batch_size, check_top=args.check_top, budget_minutes=args.budget_minutes,
         heal_data=args.heal_data, heal_mode=args.heal_mode, heal_lr=args.heal_lr, heal_seq_len=args.heal_seq_len,
-        heal_batch_size=args.heal_batch_size, kd_weight=args.kd_weight, ppl=args.ppl, ppl_max_tokens=args.max_tokens,
+        heal_batch_size=args.heal_batch_size, heal_tokens=args.heal_tokens, kd_weight=args.kd_weight, ppl=args.ppl, ppl_max_tokens=args.max_tokens,
         ppl_seq_len=args.ppl_seq_len, fit_memory_gib=args.fit_memory_gib, seed=args.seed,
         progress=not args.no_progress)
     loaded = load_from_args(args)
