@@ -29,12 +29,11 @@ from layercut.export import count_parameters, write_text_atomic
 from layercut.loading import LoadedModel
 from layercut.methods.replaceme import fit_residual, fold_into_block, solve_lstsq
 from layercut.onload import materialize
+from layercut.shrink_report import REPORT_MD, REPORT_PNG, write_report
 from layercut.speed import head_parameters
 from layercut.surgery import remove_blocks
 
 STATE_FILE = "shrink_state.json"
-REPORT_MD = "report.md"
-REPORT_PNG = "report.png"
 METHODS = ("drop", "replaceme-lstsq")
 TargetKind = Literal["params", "layers", "speedup"]
 
@@ -219,15 +218,6 @@ def split_calibration(tokenizer: Any, source: str, samples: int, heldout: int, s
                         f"{samples} + --heldout {heldout} were asked; lower them or --seq-len, or give more text")
     order = torch.randperm(windows.shape[0], generator=torch.Generator().manual_seed(seed))
     return windows[order[:samples].sort().values], windows[order[samples:samples + heldout].sort().values]
-
-
-def rank_agreement(first: list[float], second: list[float]) -> float:
-    """Spearman's rank correlation (no ties expected): how well one ordering predicts another."""
-    count = len(first)
-    if count < 2:
-        return 1.0
-    ranks = [torch.tensor(values, dtype=torch.float64).argsort().argsort().double() for values in (first, second)]
-    return float(1.0 - 6.0 * ((ranks[0] - ranks[1]) ** 2).sum() / (count * (count * count - 1)))
 
 
 @dataclass
@@ -432,9 +422,7 @@ def shrink(loaded: LoadedModel, config: ShrinkConfig, out: str | Path, resume: b
             final = load_model(str(model_dir), device=str(loaded.device))
             state.final = final_evaluation(final, config, heldout)
         state.save(out)
-    from layercut.shrink_report import write_report
-
-    write_report(out, state)
+    write_report(out, asdict(state))
     return ShrinkResult(state, model_dir)
 
 

@@ -1,5 +1,6 @@
-"""The report of a shrink run: `report.md` (target, candidates, choice, healing, evaluation, time) and
-`report.png` (the candidates' size vs held-out perplexity, and the healing curve)."""
+"""The report of a shrink run, drawn from its state record (the dict `shrink_state.json` holds):
+`report.md` (target, candidates, choice, healing, evaluation, time) and `report.png` (the candidates'
+size vs held-out perplexity, and the healing curve)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from layercut.export import save_figure_atomic, write_text_atomic
-from layercut.shrink import REPORT_MD, REPORT_PNG, ShrinkState, rank_agreement
+
+REPORT_MD = "report.md"
+REPORT_PNG = "report.png"
+
+
+def rank_agreement(first: list[float], second: list[float]) -> float:
+    """Spearman's rank correlation (no ties expected): how well one ordering predicts another."""
+    count = len(first)
+    if count < 2:
+        return 1.0
+    ranks = [torch.tensor(values, dtype=torch.float64).argsort().argsort().double() for values in (first, second)]
+    return float(1.0 - 6.0 * ((ranks[0] - ranks[1]) ** 2).sum() / (count * (count * count - 1)))
 
 
 def read_log(path: str | None) -> list[dict[str, Any]]:
@@ -22,28 +36,28 @@ def _name(candidate: dict[str, Any]) -> str:
     return f"{candidate['method']} {candidate['start']}-{candidate['start'] + candidate['cut'] - 1}"
 
 
-def render_markdown(state: ShrinkState) -> str:
-    settings, dense, chosen, final = state.settings, state.dense, state.chosen or {}, state.final or {}
+def render_markdown(state: dict[str, Any]) -> str:
+    settings, dense, chosen, final = state["settings"], state["dense"], state["chosen"] or {}, state["final"] or {}
     target = settings["target"]
     lines = [f"# layercut shrink of {settings['model']}", "",
-             f"- target: {target['kind']} = {target['value']:g}; {state.cut} of {dense.get('layers')} blocks cut",
+             f"- target: {target['kind']} = {target['value']:g}; {state['cut']} of {dense.get('layers')} blocks cut",
              f"- calibration: {settings['samples']} windows x {settings['seq_len']} tokens of `{settings['calib']}`; "
              f"held-out check: {settings['heldout']} other windows of the same text",
              f"- predicted quality: relative residual ||M T + Y - L||^2 / ||L||^2 of the span output "
              "(T = I for a plain drop, the least-squares map for ReplaceMe)", "",
              "## Candidates checked on held-out text", "",
              "| candidate | predicted residual | held-out ppl | x dense |", "|---|---:|---:|---:|"]
-    for candidate in sorted(state.checked, key=lambda c: c["predicted"]):
+    for candidate in sorted(state["checked"], key=lambda c: c["predicted"]):
         mark = " (chosen)" if chosen and _name(candidate) == _name(chosen) else ""
         lines.append(f"| {_name(candidate)}{mark} | {candidate['predicted']:.4f} | {candidate['heldout_ppl']:.2f} "
                      f"| {candidate['heldout_ppl'] / dense['heldout_ppl']:.2f} |")
-    if len(state.checked) > 1:
-        agreement = rank_agreement([c["predicted"] for c in state.checked], [c["heldout_ppl"] for c in state.checked])
+    if len(state["checked"]) > 1:
+        agreement = rank_agreement([c["predicted"] for c in state["checked"]], [c["heldout_ppl"] for c in state["checked"]])
         lines += ["", f"Rank agreement (Spearman) of predicted residual and held-out perplexity: {agreement:.2f}"]
     lines += ["", f"Dense held-out perplexity: {dense['heldout_ppl']:.2f}. Best five of all "
-              f"{len(state.candidates)} scored candidates: "
-              + ", ".join(f"{_name(c)} ({c['predicted']:.4f})" for c in state.candidates[:5]), ""]
-    heal = state.heal or {}
+              f"{len(state['candidates'])} scored candidates: "
+              + ", ".join(f"{_name(c)} ({c['predicted']:.4f})" for c in state['candidates'][:5]), ""]
+    heal = state["heal"] or {}
     lines += ["## Healing", ""]
     if "skipped" in heal:
         lines.append(f"Skipped: {heal['skipped']}.")
@@ -63,12 +77,12 @@ def render_markdown(state: ShrinkState) -> str:
             lines.append(f"- perplexity on `{settings['ppl']}` ({text['windows']} windows of {text['seq_len']} "
                          f"tokens): dense {dense_text['ppl']:.2f}, final {text['ppl']:.2f} "
                          f"({text['ppl'] / dense_text['ppl']:.2f}x)")
-    lines += ["- wall seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in state.seconds.items())
-              + f" (total {state.spent():.0f}, budget {settings['budget_minutes'] * 60:.0f})", ""]
+    lines += ["- wall seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in state['seconds'].items())
+              + f" (total {sum(state['seconds'].values()):.0f}, budget {settings['budget_minutes'] * 60:.0f})", ""]
     return "\n".join(lines)
 
 
-def plot_report(state: ShrinkState, path: Path) -> Path:
+def plot_report(state: dict[str, Any], path: Path) -> Path:
     """Left: parameters kept vs held-out perplexity of the dense model, every checked candidate and the
     final model. Right: the healing curve (training cross-entropy and KL per token seen)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -77,15 +91,15 @@ def plot_report(state: ShrinkState, path: Path) -> Path:
     figure = Figure(figsize=(11, 4.2))
     FigureCanvasAgg(figure)
     frontier, curve = figure.subplots(1, 2)
-    dense = state.dense
+    dense = state["dense"]
     frontier.scatter([1.0], [dense["heldout_ppl"]], marker="*", s=120, color="black", label="dense")
     for method, marker in (("drop", "x"), ("replaceme-lstsq", "o")):
-        points = [c for c in state.checked if c["method"] == method]
+        points = [c for c in state["checked"] if c["method"] == method]
         if points:
             frontier.scatter([c["params"] / dense["params"] for c in points], [c["heldout_ppl"] for c in points],
                              marker=marker, label=f"{method} (checked)")
-    if state.final:
-        frontier.scatter([state.final["params"] / dense["params"]], [state.final["heldout_ppl"]], marker="D",
+    if state["final"]:
+        frontier.scatter([state["final"]["params"] / dense["params"]], [state["final"]["heldout_ppl"]], marker="D",
                          color="green", label="final (healed)")
     frontier.set_yscale("log")
     frontier.set_xlabel("parameters kept (fraction of dense)")
@@ -93,7 +107,7 @@ def plot_report(state: ShrinkState, path: Path) -> Path:
     frontier.set_title("candidates: size vs quality")
     frontier.grid(alpha=0.3)
     frontier.legend(fontsize=8)
-    log = read_log((state.heal or {}).get("log"))
+    log = read_log((state["heal"] or {}).get("log"))
     if log:
         curve.plot([r["tokens"] for r in log], [r["ce"] for r in log], linewidth=1, label="cross-entropy")
         if "kl" in log[0]:
@@ -109,5 +123,5 @@ def plot_report(state: ShrinkState, path: Path) -> Path:
     return save_figure_atomic(figure, path)
 
 
-def write_report(out: Path, state: ShrinkState) -> tuple[Path, Path]:
+def write_report(out: Path, state: dict[str, Any]) -> tuple[Path, Path]:
     return (write_text_atomic(out / REPORT_MD, render_markdown(state)), plot_report(state, out / REPORT_PNG))
