@@ -443,9 +443,11 @@ def heal_stage(dense: LoadedModel, pruned: LoadedModel, config: ShrinkConfig, st
     work_dir = out / "heal"
     resume_from = latest_checkpoint(work_dir) if state.heal else None
     limit = state.heal["max_seconds"] if state.heal else seconds
+    # two warmup steps: a time-limited run on a slow machine may have only a few
     heal_config = build_config(
-        data=config.heal_data or config.calib, mode=config.heal_mode, lr=config.heal_lr, steps=None if config.heal_tokens else 1_000_000,
-        tokens=config.heal_tokens, warmup=5, batch_size=config.heal_batch_size, seq_len=config.heal_seq_len, kd_weight=config.kd_weight,
+        data=config.heal_data or config.calib, mode=config.heal_mode, lr=config.heal_lr,
+        steps=None if config.heal_tokens else 1_000_000, tokens=config.heal_tokens, warmup=2,
+        batch_size=config.heal_batch_size, seq_len=config.heal_seq_len, kd_weight=config.kd_weight,
         max_seconds=limit, work_dir=str(work_dir), resume=str(resume_from) if resume_from else None,
         seed=config.seed, progress=config.progress)
     with Stage(state, "heal"):
