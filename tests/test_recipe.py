@@ -148,7 +148,7 @@ steps:
 
 def test_work_dir_placeholder_follows_the_work_dir_flag(tmp_path: Path, capsys):
     path = tmp_path / "recipe.yaml"
-    path.write_text("work_dir: runs/a\nsteps:\n  - heal: {data: [a.txt, b.txt], steps: 2, max_minutes: 1.5}\n"
+    path.write_text("model: smollm2-135m\nwork_dir: runs/a\nsteps:\n  - heal: {data: [a.txt, b.txt], steps: 2, max_minutes: 1.5}\n"
                     "  - eval: {ppl: builtin:pydoc-eval, json: '{work_dir}/eval.json'}\n")
     recipe, steps = load_recipe(path)
     planned = plan(recipe, steps, path)
