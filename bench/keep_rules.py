@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 from layercut.evaluation.perplexity import text_perplexity
-from layercut.linear import weight_out_in
 from layercut.loading import LoadedModel, load_model
-from layercut.methods.prunenet import neuron_weights, top_rows
+from layercut.methods.prunenet import ffn_weights, top_rows
 from layercut.slicing import keep_count, slice_ffn
 
 TEST_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "wikitext2_raw_test.txt"
@@ -41,15 +40,11 @@ def parse_args() -> argparse.Namespace:
 
 def neuron_scores(loaded: LoadedModel, seed: int = 0) -> dict[str, torch.Tensor]:
     """[layers, d_ff] scores of every weight-only rule."""
-    adapter = loaded.adapter
-    blocks = adapter.blocks(loaded.model)
-    gate = neuron_weights(loaded)
-    up = torch.stack([weight_out_in(adapter.mlp_inputs(b)[-1]).detach().float()[: gate.shape[1]] for b in blocks])
-    down = torch.stack([weight_out_in(adapter.down_proj(b)).detach().float() for b in blocks])
-    gate_norm, up_norm, down_norm = gate.norm(dim=-1), up.norm(dim=-1), down.norm(dim=1)
+    ffn = ffn_weights(loaded)
+    gate_norm, up_norm, down_norm = ffn.gate.norm(dim=-1), ffn.up.norm(dim=-1), ffn.down.norm(dim=-1)
     return {"gate row norm (magnitude)": gate_norm, "down column norm": down_norm,
             "gate x up x down norms": gate_norm * up_norm * down_norm,
-            "largest abs down entry": down.abs().amax(dim=1),
+            "largest abs down entry": ffn.down.abs().amax(dim=-1),
             "random": torch.rand(gate_norm.shape, generator=torch.Generator().manual_seed(seed))}
 
 

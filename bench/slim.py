@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--ratios", default="0.1,0.2,0.3")
     parser.add_argument("--methods", default="prunenet,magnitude")
-    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--episodes", type=int, help="default: the variant's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ppl", default=str(SHARED / "text" / "wikitext2_raw_test.txt"))
     parser.add_argument("--seq-len", type=int, default=512)

@@ -39,29 +39,37 @@ def make_tokenizer(add_bos: bool = False):
     return _train_tokenizer(add_bos)
 
 
-def tiny_config(family: str, num_layers: int = 6):
-    """A random-weight config of `family` small enough for unit tests (hidden 64, 4 heads)."""
-    from transformers import (Gemma2Config, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, Phi3Config,
-                              Qwen2Config)
+def tiny_config(family: str, num_layers: int = 6, **overrides):
+    """A random-weight config of `family` small enough for unit tests (hidden 64, 4 heads);
+    `overrides` set further config keys (e.g. final_logit_softcapping)."""
+    from transformers import (Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig,
+                              Phi3Config, Qwen2Config, Qwen3Config)
 
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                   pad_token_id=2, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
     if family == "gpt2":
         return GPT2Config(vocab_size=VOCAB, n_embd=64, n_inner=128, n_layer=num_layers, n_head=4, n_positions=512,
-                          pad_token_id=2, bos_token_id=0, eos_token_id=1)
+                          pad_token_id=2, bos_token_id=0, eos_token_id=1, **overrides)
+    if family == "qwen3":  # Qwen3 files carry no head width; readers assume 128
+        return Qwen3Config(**{**common, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 128,
+                              **overrides})
+    if family == "gemma3":  # a window of 8 makes the sliding layers differ from full attention in tests
+        return Gemma3TextConfig(**{**common, "tie_word_embeddings": True, "head_dim": 16, "sliding_window": 8,
+                                   **overrides})
     classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig, "gemma": GemmaConfig,
-               "gemma2": Gemma2Config, "phi3": Phi3Config}
-    extra = {"head_dim": 16} if family in ("gemma", "gemma2") else {}
-    return classes[family](**common, **extra)
+               "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig, "phi3": Phi3Config}
+    extra = {"head_dim": 16} if family.startswith("gemma") else {}
+    return classes[family](**{**common, **extra, **overrides})
 
 
-def tiny_loaded(family: str = "llama", num_layers: int = 6, seed: int = 0) -> LoadedModel:
-    """A LoadedModel with random weights (scaled up so blocks differ visibly) and the tiny tokenizer."""
+def tiny_loaded(family: str = "llama", num_layers: int = 6, seed: int = 0, **overrides) -> LoadedModel:
+    """A LoadedModel with random weights (scaled up so blocks differ visibly) and the tiny tokenizer;
+    `overrides` go to `tiny_config`."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    config = tiny_config(family, num_layers)
+    config = tiny_config(family, num_layers, **overrides)
     config._attn_implementation = "eager"
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():

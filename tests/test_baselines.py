@@ -37,11 +37,17 @@ def test_shortgpt_removes_lowest_block_influence_by_hand():
     states.append(captured["x"])
     influence = [1.0 - float(torch.nn.functional.cosine_similarity(states[k].double(), states[k + 1].double(),
                                                                    dim=-1).mean()) for k in range(8)]
-    expected = sorted(sorted(range(8), key=lambda k: influence[k])[:3])
+    expected = sorted(sorted(range(1, 7), key=lambda k: influence[k])[:3])  # blocks 0 and 7 are protected
+    unguarded = sorted(sorted(range(8), key=lambda k: influence[k])[:3])
+    fresh = copy.deepcopy(loaded)
     outcome = prune(loaded, windows, _request("shortgpt", cut=3))
     assert outcome.removed == expected
     assert outcome.scores["block_influence"] == pytest.approx(influence, abs=1e-6)
     assert loaded.num_layers == 5
+    assert [guard["block"] for guard in outcome.details["protected"]] == [0, 7]
+    assert (expected != unguarded) == ("protection_note" in outcome.details)
+    allowed = prune(fresh, windows, _request("shortgpt", cut=3, min_start=0, allow_last=True))
+    assert allowed.removed == unguarded and allowed.details["protected"] == []
 
 
 def test_last_keeps_the_final_block():
@@ -71,15 +77,15 @@ def test_ppl_picks_the_span_with_lowest_perplexity_by_hand():
         remove_blocks(copy_, [start, start + 1])
         nll, count = window_nll(copy_.model, windows[:4], progress=False)
         by_hand[start] = math.exp(nll / count)
-    scanned = span_perplexities(loaded, windows[:4], 2, progress=False)
+    scanned = span_perplexities(loaded, windows[:4], 2, list(range(5)), progress=False)
     assert scanned == pytest.approx(by_hand, rel=1e-5)
     assert loaded.num_layers == 6
     outcome = prune(loaded, windows, _request("ppl", options={"ppl_samples": 4}))
-    best = min(by_hand, key=by_hand.get)
+    best = min((1, 2, 3), key=by_hand.get)  # spans covering block 0 or the last block 5 are protected
     assert outcome.removed == [best, best + 1] and outcome.span_starts == [best]
 
 
 def test_ppl_refuses_a_min_start_with_no_span():
     loaded = tiny_loaded("llama", num_layers=4)
-    with pytest.raises(ConfigError, match="lower --min-start"):
+    with pytest.raises(ConfigError, match="or --min-start"):
         prune(loaded, random_windows(2, 8), PruneRequest(method="ppl", cut=2, min_start=3, progress=False))

@@ -65,3 +65,24 @@ def test_bad_input_is_one_line_exit_2(case, tiny_dir, text_file, tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     if case == "output-exists":
         assert (out_dir / "keep.txt").read_text() == "precious"
+
+
+def test_building_the_parser_imports_no_torch():
+    """`layercut --help` and argument errors answer at once: the parser comes from light modules only."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from layercut.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'datasets') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_the_light_method_table_matches_the_registry():
+    from layercut.commands.export import GGUF_TYPES
+    from layercut.gguf_export import GGUF_TYPES as WRITTEN_TYPES
+    from layercut.methods.settings import DEPTH_METHODS
+    from layercut.prune import METHODS
+
+    assert {name: spec.options for name, spec in METHODS.items()} == DEPTH_METHODS
+    assert GGUF_TYPES == WRITTEN_TYPES

@@ -73,12 +73,12 @@ def test_nothing_to_evaluate_is_a_config_error(capsys):
 
 def test_a_second_run_reuses_the_cached_baseline_with_identical_results(tiny_dirs, tmp_path, text_file, capsys,
                                                                         monkeypatch):
-    from layercut.commands import eval as eval_command
+    from layercut.evaluation import suite
 
     dense, pruned = tiny_dirs
     calls = []
-    real = eval_command.evaluate_model
-    monkeypatch.setattr(eval_command, "evaluate_model", lambda loaded, *a, **k: calls.append(loaded.source) or
+    real = suite.evaluate_model
+    monkeypatch.setattr(suite, "evaluate_model", lambda loaded, *a, **k: calls.append(loaded.source) or
                         real(loaded, *a, **k))
     argv = ["--model", pruned, "--baseline", dense, "--ppl", text_file, "--max-tokens", 256, "--seq-len", 64,
             "--tasks", "piqa", "--tasks-dir", shared_data("tasks"), "--limit", 4]

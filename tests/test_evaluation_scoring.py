@@ -76,15 +76,6 @@ def test_group_too_long_for_model_falls_back_to_single_rows():
     assert len(pack_groups(encoded, [[0, 1]], max_len=4)) == 2
 
 
-def test_tail_projection_for_models_without_position_selection(monkeypatch):
-    loaded = tiny_loaded("qwen2")
-    selected = score_requests(loaded.model, loaded.tokenizer, REQUESTS, GROUPS, batch_size=2, progress=False)
-    monkeypatch.setattr("layercut.evaluation.scoring.selects_positions", lambda model: False)
-    tail = score_requests(loaded.model, loaded.tokenizer, REQUESTS, GROUPS, batch_size=2, progress=False)
-    assert [s.logprob for s in tail] == pytest.approx([s.logprob for s in selected], abs=1e-4)
-    assert [s.greedy for s in tail] == [s.greedy for s in selected]
-
-
 def test_batches_respect_row_and_token_limits():
     rows = pack_groups([([1] * n, 1) for n in (40, 10, 10, 10, 10, 10)], [[i] for i in range(6)], 512)
     batches = batch_rows(rows, batch_size=4, token_budget=60)

@@ -219,3 +219,100 @@ def test_argument_errors_are_one_line_before_anything_loads(argv, fragments, cap
     for fragment in fragments:
         assert fragment in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def forbid_loading(monkeypatch) -> None:
+    """Fail the test if any command loads weights (refusals must come from the config and arguments)."""
+    import layercut.commands.common
+    import layercut.loading
+
+    def fail(*args, **kwargs):
+        pytest.fail("no model may load before this refusal")
+    for module in (layercut.loading, layercut.commands.common):
+        monkeypatch.setattr(module, "load_model", fail)
+
+
+def gemma3_config_only(directory: Path) -> Path:
+    """A Gemma 3 text model directory holding only its config (no weights: nothing may load them)."""
+    from transformers import Gemma3TextConfig
+
+    Gemma3TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["prune", "--method", "replaceme-lstsq", "--cut", "2"],
+     ["--method replaceme-lstsq does not work on gemma3 models", "post_feedforward_layernorm"]),
+    (["compare", "--methods", "angular,replaceme-cosine", "--cut", "2", "--ppl", "builtin:pydoc-eval"],
+     ["--method replaceme-cosine does not work on gemma3"]),
+    (["prune", "--method", "angular", "--cut", "6"], ["--cut 6 is out of range", "6 layers"]),
+    (["prune", "--method", "laco", "--cut", "2", "--laco-layers", "1"], ["--laco-layers", "greater than or equal to 2"]),
+    (["compare", "--methods", "angular,replaceme-cosine", "--cut", "2", "--ppl", "builtin:pydoc-eval",
+      "--cosine-epochs", "0"],
+     ["--cosine-epochs"]),
+])
+def test_refusals_decided_from_the_config_load_no_weights(argv, fragments, tmp_path, capsys, monkeypatch):
+    forbid_loading(monkeypatch)
+    model = gemma3_config_only(tmp_path / "gemma3")
+    out = tmp_path / "out"
+    extra = ["--out", str(out)] if argv[0] == "prune" else ["--json", str(out)]
+    code, err = run_cli(capsys, *argv, "--model", str(model), *extra)
+    assert code == 2
+    assert_one_line_error(err, *fragments)
+    assert "gemma2" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["prune", "--method", "angular", "--cut", "2", "--out", "{out}"],
+    ["slim", "--ratio", "0.5", "--out", "{out}"],
+    ["heal", "--data", "builtin:pydoc-calib", "--steps", "1", "--out", "{out}"],
+    ["export", "--out", "{out}"],
+    ["export", "--gguf", "{out}"],
+])
+def test_an_output_without_room_is_refused_before_loading(argv, tiny_dir, tmp_path, capsys, monkeypatch):
+    import shutil as shutil_module
+
+    forbid_loading(monkeypatch)
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage._replace(free=2**10))
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, *[part.format(out=out) for part in argv], "--model", str(tiny_dir))
+    assert code == 2
+    assert_one_line_error(err, f"'{out}' needs about", "free some space")
+    assert not out.exists()
+
+
+def test_an_unwritable_output_is_refused_before_loading(tiny_dir, capsys, monkeypatch):
+    forbid_loading(monkeypatch)
+    code, err = run_cli(capsys, "prune", "--model", str(tiny_dir), "--method", "angular", "--cut", "2",
+                        "--out", "/proc/layercut-out")
+    assert code == 2
+    assert_one_line_error(err, "cannot be written")
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["prune", "--method", "angular", "--cut", "0", "--out", "x"], ["--cut", "at least 1", "nothing to do"]),
+    (["compare", "--cut", "0"], ["--cut", "nothing to do"]),
+    (["prune", "--method", "angular", "--cut", "2", "--min-start", "-1", "--out", "x"], ["--min-start", "at least 0"]),
+    (["scan", "--top", "0"], ["--top", "at least 1"]),
+])
+def test_count_arguments_are_refused_at_parse_time(argv, fragments, capsys, tmp_path, monkeypatch):
+    forbid_loading(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and all(fragment in lines[0] for fragment in fragments), lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_slim_options_are_checked_before_loading(tiny_dir, tmp_path, capsys, monkeypatch):
+    forbid_loading(monkeypatch)
+    code, err = run_cli(capsys, "slim", "--model", str(tiny_dir), "--ratio", "0.5", "--lr", "0",
+                        "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert_one_line_error(err, "--lr")
+    assert not (tmp_path / "out").exists()

@@ -10,7 +10,8 @@ from layercut.commands import compare as compare_command
 from layercut.commands import prune as prune_command
 from layercut.commands import slim as slim_command
 from layercut.errors import ConfigError, RecipeError
-from layercut.methods.base import SLIM_METHODS, PruneRequest
+from layercut.methods.base import PruneRequest
+from layercut.methods.settings import SLIM_METHODS
 from layercut.methods.laco import LacoSettings
 from layercut.prune import METHODS
 from layercut.recipe import PruneStep, SlimStep, validate_recipe
@@ -49,7 +50,7 @@ def test_flags_become_the_methods_validated_options() -> None:
 
 
 def test_recipe_checks_an_option_with_its_declared_constraint() -> None:
-    data = {"work_dir": "runs/x", "steps": [{"prune": {"method": "laco", "cut": 2, "laco_layers": 1}}]}
+    data = {"model": "smollm2-135m", "work_dir": "runs/x", "steps": [{"prune": {"method": "laco", "cut": 2, "laco_layers": 1}}]}
     with pytest.raises(RecipeError, match=r"steps\[0\].prune.laco_layers: Input should be greater than or equal to 2"):
         validate_recipe(data, None, "recipe.yaml")
 

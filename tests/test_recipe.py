@@ -42,12 +42,15 @@ def _error(tmp_path: Path, text: str) -> str:
 
 
 @pytest.mark.parametrize(("old", "new", "expected"), [
-    ("      cut: 4\n", "      cut: 4\n      cutt: 5\n", "recipe.yaml:9: steps[1].prune: unknown key 'cutt' (allowed: "),
-    ("      cut: 4\n", "      cut: -1\n", "recipe.yaml:8: steps[1].prune.cut: Input should be greater than or equal to 0"),
+    ("      cut: 4\n", "      cut: 4\n      cutt: 5\n", "recipe.yaml:9: steps[1].prune: unknown key 'cutt'; did you mean 'cut'?"),
+    ("      cut: 4\n", "      cutt: 4\n", "recipe.yaml:8: steps[1].prune: unknown key 'cutt'; did you mean 'cut'?"),
+    ("      cut: 4\n", "      cut: 0\n", "recipe.yaml:8: steps[1].prune.cut: Input should be greater than 0"),
+    ("model: smollm2-135m\n", "", "recipe.yaml:1: missing required key 'model'; add `model: smollm2-135m`"),
     ("method: replaceme-lstsq", "method: replacemee", "recipe.yaml:7: steps[1].prune.method: unknown method 'replacemee'"),
     ("      cut: 4\n", "", "recipe.yaml:6: steps[1].prune: missing required key 'cut'"),
     ("  - scan: {samples: 8}", "  - scna: {samples: 8}", "recipe.yaml:5: steps[0]: each step is one of scan, prune"),
-    ("seed: 3", "seed: 3\nsede: 4", "recipe.yaml:3: unknown key 'sede'"),
+    ("seed: 3", "seed: 3\nsede: 4", "recipe.yaml:3: unknown key 'sede'; did you mean 'seed'?"),
+    ("seed: 3", "seed: 3\nzzz: 4", "recipe.yaml:3: unknown key 'zzz' (allowed: "),
     ("work_dir: runs/x\n", "", "recipe.yaml:1: missing required key 'work_dir'"),
     ("  - scan: {samples: 8}", "  - scan: {samples: 8", "recipe.yaml:6: invalid YAML"),
     ("      cut: 4\n", "      cut: 4\n      cut: 5\n", "recipe.yaml:9: key 'cut' appears twice"),

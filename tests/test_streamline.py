@@ -7,10 +7,10 @@ import torch
 
 from conftest import random_windows, tiny_loaded
 from layercut.export import save_checkpoint
-from layercut.methods.base import resolve_options
+from layercut.methods.base import PruneRequest, resolve_options
 from layercut.methods.streamline import (StreamlineSettings, apply_replacement, build_replacement, capture_block_call,
                                          hidden_store, install_replacement)
-from layercut.prune import PruneRequest, prune
+from layercut.prune import prune
 
 
 def _request(method: str, **options) -> PruneRequest:
@@ -133,12 +133,49 @@ def test_settings_validate_and_name_the_flag():
         resolve_options(StreamlineSettings, {"laco_layers": 2})
 
 
-def test_ffn_refused_where_mlp_output_is_normalised():
-    from layercut.errors import UnsupportedArchitectureError
+@pytest.mark.parametrize("family", ["gemma2", "gemma3"])
+def test_post_norm_ffn_wraps_the_mlp_in_both_norms(family):
+    """In Gemma 2/3 the FFN replacement is x + post_ffn_norm(MLP(pre_ffn_norm(x))), trained norms included."""
+    loaded = tiny_loaded(family)
+    block = loaded.adapter.blocks(loaded.model)[2]
+    module = build_replacement(loaded, 2, "ffn")
+    torch.testing.assert_close(module.norm.weight, block.pre_feedforward_layernorm.weight)
+    torch.testing.assert_close(module.post_norm.weight, block.post_feedforward_layernorm.weight)
+    _perturb(module)
+    call = capture_block_call(loaded, random_windows(2, 12), 2)
+    install_replacement(loaded, 2, 3, module, "ffn")
+    hidden = torch.randn(1, 12, 64)
+    with torch.no_grad():
+        expected = hidden + module.post_norm(module.mlp(module.norm(hidden)))
+        torch.testing.assert_close(module(hidden), expected)
+        got = block(hidden, *call.args, **call.kwargs)
+    torch.testing.assert_close(got[0] if isinstance(got, tuple) else got, expected, rtol=1e-5, atol=1e-5)
 
-    loaded = tiny_loaded("gemma2")
-    with pytest.raises(UnsupportedArchitectureError, match="streamline-layer"):
-        build_replacement(loaded, 1, "ffn")
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3"])
+def test_zero_attention_output_is_zero_through_post_attention_norm(family):
+    """A zeroed o_proj makes Gemma's attention branch, post_attention_layernorm included, exactly zero."""
+    loaded = tiny_loaded(family)
+    block = loaded.adapter.blocks(loaded.model)[1]
+    with torch.no_grad():
+        loaded.adapter.attn_out_proj(block).weight.zero_()
+        branch = block.post_attention_layernorm(torch.zeros(3, 64))
+    assert float(branch.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3"])
+def test_post_norm_ffn_reloads_with_same_logits(tmp_path, family):
+    from transformers import AutoModelForCausalLM
+
+    loaded = tiny_loaded(family)
+    windows = random_windows(10, 16)
+    prune(loaded, windows, _request("streamline-ffn", epochs=2, lr=2e-3))
+    out = save_checkpoint(loaded, tmp_path / "out", {"command": "prune", "method": "streamline-ffn"})
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
+    assert reloaded.config.num_hidden_layers == 4
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(windows[:2]).logits, loaded.model(windows[:2]).logits,
+                                   rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("method,module", [("streamline-ffn", "FFN"), ("streamline-layer", "decoder layer")])

@@ -41,7 +41,9 @@ def test_chosen_sublayers_have_the_lowest_scores():
     stats = scan_sublayers(loaded, random_windows(), 4, progress=False)
     outcome = prune(loaded, random_windows(), PruneRequest(method="angular", cut=2, granularity="mlp",
                                                             batch_size=4, progress=False))
-    assert outcome.span_starts == sorted(torch.argsort(stats.angular("mlp"))[:2].tolist())
+    interior = stats.angular("mlp")[1:5]  # the first and the last block are protected by default
+    assert outcome.span_starts == sorted((torch.argsort(interior)[:2] + 1).tolist())
+    assert [guard["block"] for guard in outcome.details["protected"]] == [0, 5]
 
 
 def test_sublayer_scores_match_direct_formula():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from layercut.errors import UnsupportedArchitectureError
@@ -30,33 +31,24 @@ def set_path(root: nn.Module, path: str, value: nn.Module) -> None:
     setattr(parent, name, value)
 
 
+def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap), in the logits' own dtype (the order transformers uses)."""
+    return torch.tanh(logits / cap) * cap
+
+
 @dataclass(frozen=True)
-class GGUFLayout:
-    """How llama.cpp names and lays out a family's tensors in a GGUF file.
+class GGUFSpec:
+    """What a family changes in the numbers it stores in a GGUF file (names come from `gguf`'s tables).
 
     Attributes:
-        arch: llama.cpp's architecture name (`general.architecture`, and the prefix of its keys).
-        top_names: (module path from the causal-LM model, GGUF tensor name) for the non-block parts.
-        block_names: (module path inside a block, GGUF name after `blk.N.`) for every block part.
-        rope_permute: (module path inside a block, config key of its head count) for the
-            projections whose rows llama.cpp expects interleaved per rotary pair (Llama's Q and K).
+        arch: llama.cpp's architecture name when it is not the `model_type` (less a `_text` suffix).
+        rope_interleave: Q/K rows go in llama.cpp's interleaved rotary order (its Llama layout).
+        norm_offset: added to every norm weight (Gemma keeps `scale - 1`, llama.cpp the scale).
     """
 
-    arch: str
-    top_names: tuple[tuple[str, str], ...]
-    block_names: tuple[tuple[str, str], ...]
-    rope_permute: tuple[tuple[str, str], ...] = ()
-
-
-LLAMA_GGUF = GGUFLayout(
-    arch="llama",
-    top_names=(("model.embed_tokens", "token_embd"), ("model.norm", "output_norm"), ("lm_head", "output")),
-    block_names=(("input_layernorm", "attn_norm"), ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
-                 ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
-                 ("post_attention_layernorm", "ffn_norm"), ("mlp.gate_proj", "ffn_gate"),
-                 ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down")),
-    rope_permute=(("self_attn.q_proj", "num_attention_heads"), ("self_attn.k_proj", "num_key_value_heads")),
-)
+    arch: str | None = None
+    rope_interleave: bool = False
+    norm_offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -76,9 +68,17 @@ class ArchAdapter:
         input_norm / post_attn_norm: the two pre-norms of a block.
         mlp_post_norm: a norm applied after the MLP (Gemma 2/3); when set, the MLP branch does
             not end in a linear op and a full ReplaceMe transform cannot be folded.
+        mlp_pre_norm: the norm in front of the MLP when it is not `post_attn_norm` (Gemma 2/3 put
+            `post_attention_layernorm` after the attention and `pre_feedforward_layernorm` before the MLP).
+        norm_weight_offset: the RMSNorms multiply by (offset + weight); Gemma stores weight = g - 1.
         ffn_width_key: the config key holding the FFN width.
         lora_targets: linear-layer names LoRA adapts in this family.
-        gguf: the family's llama.cpp tensor layout, when `layercut export --gguf` supports it.
+        gguf: how the family's tensors are stored in a GGUF file; None: `export --gguf` refuses it.
+        body_path: the model body, from the causal-LM model; its `last_hidden_state` is already
+            through the final norm.
+        lm_head_path: the vocabulary projection, from the causal-LM model.
+        logit_softcap_key: the config key of a final logit soft-cap (Gemma 2/3:
+            logits = cap * tanh(logits / cap)); the cap is skipped when the key's value is None.
     """
 
     name: str
@@ -95,8 +95,13 @@ class ArchAdapter:
     ffn_width_key: str = "intermediate_size"
     fused_gate_up: bool = False
     mlp_post_norm: str | None = None
+    mlp_pre_norm: str | None = None
+    norm_weight_offset: float = 0.0
     lora_targets: tuple[str, ...] = field(default=())
-    gguf: GGUFLayout | None = None
+    gguf: GGUFSpec | None = None
+    body_path: str = "model"
+    lm_head_path: str = "lm_head"
+    logit_softcap_key: str | None = None
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return get_path(model, self.blocks_path)
@@ -113,11 +118,29 @@ class ArchAdapter:
     def mlp_inputs(self, block: nn.Module) -> list[nn.Module]:
         return [get_path(block, f"{self.mlp}.{name}") for name in self.mlp_in]
 
+    def mlp_norm_path(self) -> str:
+        """The path of the norm whose output feeds the MLP."""
+        return self.mlp_pre_norm or self.post_attn_norm
+
     def attn_module(self, block: nn.Module) -> nn.Module:
         return get_path(block, self.attn)
 
     def attn_out_proj(self, block: nn.Module) -> nn.Module:
         return get_path(block, f"{self.attn}.{self.attn_out}")
+
+    def final_hidden(self, model: nn.Module, **inputs: torch.Tensor) -> torch.Tensor:
+        """The body's final (normed) hidden states [batch, seq, d]: the causal LM without its head."""
+        return get_path(model, self.body_path)(**inputs, use_cache=False).last_hidden_state
+
+    def vocab_size(self, model: nn.Module) -> int:
+        """Rows of the LM head (the width of the logits)."""
+        return int(get_path(model, self.lm_head_path).weight.shape[0])
+
+    def head_logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of `hidden` [..., d] exactly as the causal LM computes them from its final hidden states."""
+        logits = get_path(model, self.lm_head_path)(hidden)
+        cap = getattr(model.config, self.logit_softcap_key, None) if self.logit_softcap_key else None
+        return logits if cap is None else soft_cap(logits, cap)
 
     @property
     def can_fold_linear(self) -> bool:
@@ -156,29 +179,38 @@ _LLAMA_LIKE = dict(
 )
 
 ADAPTERS: tuple[ArchAdapter, ...] = (
-    ArchAdapter(name="llama", model_types=("llama",), gguf=LLAMA_GGUF, **_LLAMA_LIKE),
-    ArchAdapter(name="mistral", model_types=("mistral",), **_LLAMA_LIKE),
-    ArchAdapter(name="qwen2", model_types=("qwen2", "qwen3"), **_LLAMA_LIKE),
-    ArchAdapter(name="gemma", model_types=("gemma",), **_LLAMA_LIKE),
-    ArchAdapter(name="gemma2", model_types=("gemma2", "gemma3_text"),
-                mlp_post_norm="post_feedforward_layernorm", **_LLAMA_LIKE),
+    ArchAdapter(name="llama", model_types=("llama",), gguf=GGUFSpec(rope_interleave=True), **_LLAMA_LIKE),
+    ArchAdapter(name="mistral", model_types=("mistral",), gguf=GGUFSpec(arch="llama", rope_interleave=True),
+                **_LLAMA_LIKE),
+    ArchAdapter(name="qwen2", model_types=("qwen2", "qwen3"), gguf=GGUFSpec(), **_LLAMA_LIKE),
+    ArchAdapter(name="gemma", model_types=("gemma",), norm_weight_offset=1.0, gguf=GGUFSpec(norm_offset=1.0),
+                **_LLAMA_LIKE),
+    ArchAdapter(name="gemma2", model_types=("gemma2", "gemma3_text"), mlp_pre_norm="pre_feedforward_layernorm",
+                mlp_post_norm="post_feedforward_layernorm", norm_weight_offset=1.0, gguf=GGUFSpec(norm_offset=1.0),
+                logit_softcap_key="final_logit_softcapping", **_LLAMA_LIKE),
     ArchAdapter(
         name="phi3", model_types=("phi3",),
         blocks_path="model.layers", final_norm_path="model.norm",
         attn="self_attn", attn_out="o_proj",
         mlp="mlp", mlp_in=("gate_up_proj",), mlp_down="down_proj", fused_gate_up=True,
         input_norm="input_layernorm", post_attn_norm="post_attention_layernorm",
-        lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+        lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), gguf=GGUFSpec(),
     ),
     ArchAdapter(
         name="gpt2", model_types=("gpt2",),
         blocks_path="transformer.h", final_norm_path="transformer.ln_f",
         attn="attn", attn_out="c_proj",
         mlp="mlp", mlp_in=("c_fc",), mlp_down="c_proj",
-        input_norm="ln_1", post_attn_norm="ln_2", ffn_width_key="n_inner",
-        lora_targets=("c_attn", "c_proj", "c_fc"),
+        input_norm="ln_1", post_attn_norm="ln_2", ffn_width_key="n_inner", body_path="transformer",
+        lora_targets=("c_attn", "c_proj", "c_fc"), gguf=GGUFSpec(),
     ),
 )
+
+
+def family_name(model_type: str) -> str:
+    """The family as users know it, for messages: `gemma3_text` -> `gemma3` (an entry may serve
+    several model types, so its own `name` is not the model's family)."""
+    return model_type.removesuffix("_text")
 
 
 def supported_model_types() -> list[str]:

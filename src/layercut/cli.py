@@ -1,5 +1,7 @@
 """The `layercut` command line. Each subcommand lives in `layercut/commands/<name>.py` and
-exposes `register(subparsers)`; this file only wires them up and turns user errors into one line."""
+exposes `register(subparsers)`; this file only wires them up and turns user errors into one line.
+Building the parser imports no torch (command modules import the heavy stages in their `run`), so
+`--help` and argument errors answer at once; tests/test_cli.py checks it."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import sys
 from typing import NoReturn
 
 from layercut import __version__
-from layercut.distributed import init_from_env, shutdown
 from layercut.errors import LayercutError
 
 COMMAND_MODULES = (
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    from layercut.distributed import init_from_env, shutdown  # torch: only once the arguments parse
+
     started = init_from_env()
     try:
         code = int(args.run(args) or 0)

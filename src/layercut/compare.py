@@ -19,6 +19,7 @@ import torch
 
 from layercut import __version__
 from layercut.errors import LayercutError
+from layercut.evaluation.logprobs import DEFAULT_LOGITS_MIB
 from layercut.evaluation.report import compare as compare_tasks
 from layercut.evaluation.report import format_number, format_percent, ratio, render_table
 from layercut.evaluation.suite import ModelEvaluation, PerplexitySettings, evaluate_model
@@ -60,7 +61,7 @@ def method_entry(request: PruneRequest, evaluation: ModelEvaluation | None, dens
 
 def run_method(dense: LoadedModel, windows: torch.Tensor, request: PruneRequest, dense_eval: ModelEvaluation,
                tasks: Sequence[Task], ppl: PerplexitySettings | None, eval_batch_size: int,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, logits_mib: int = DEFAULT_LOGITS_MIB) -> dict[str, Any]:
     """Prune a fresh copy of `dense` with one method, evaluate it, and free it. A user-facing error
     (e.g. a method that does not support this architecture) is recorded in the row, not raised."""
     loaded = fresh_copy(dense)
@@ -71,7 +72,7 @@ def run_method(dense: LoadedModel, windows: torch.Tensor, request: PruneRequest,
     except LayercutError as exc:
         return method_entry(request, None, dense_eval, error=str(exc))
     began = time.perf_counter()
-    evaluation = evaluate_model(loaded, tasks, ppl, eval_batch_size, progress)
+    evaluation = evaluate_model(loaded, tasks, ppl, eval_batch_size, progress, logits_mib)
     evaluation.model = method_label(request.method, request.granularity)
     entry = method_entry(request, evaluation, dense_eval, outcome, prune_seconds, time.perf_counter() - began)
     del loaded
@@ -81,12 +82,13 @@ def run_method(dense: LoadedModel, windows: torch.Tensor, request: PruneRequest,
 
 def compare_methods(dense: LoadedModel, windows: torch.Tensor, requests: Sequence[PruneRequest],
                     tasks: Sequence[Task] = (), ppl: PerplexitySettings | None = None, eval_batch_size: int = 16,
-                    settings: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+                    settings: dict[str, Any] | None = None, progress: bool = True,
+                    logits_mib: int = DEFAULT_LOGITS_MIB) -> dict[str, Any]:
     """Evaluate the dense model, then every method from its own fresh copy; returns the JSON report."""
     began = time.perf_counter()
-    dense_eval = evaluate_model(dense, tasks, ppl, eval_batch_size, progress)
+    dense_eval = evaluate_model(dense, tasks, ppl, eval_batch_size, progress, logits_mib)
     dense_seconds = time.perf_counter() - began
-    methods = [run_method(dense, windows, request, dense_eval, tasks, ppl, eval_batch_size, progress)
+    methods = [run_method(dense, windows, request, dense_eval, tasks, ppl, eval_batch_size, progress, logits_mib)
                for request in requests]
     return {"layercut_version": __version__,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -35,7 +35,6 @@ from layercut.distributed import rank_and_world
 from layercut.errors import ConfigError, ModelLoadError
 from layercut.loading import ALIASES, LoadedModel, cached_alias_dir, load_tokenizer, read_history, resolve_dtype
 
-OFFLOAD_CHOICES = ("none", "layers")
 # Methods whose only edits are deleting blocks and folding a ReplaceMe map (which reads its block
 # first): these work on a skeleton. Methods that train, merge or score with full forwards need the model.
 OFFLOAD_METHODS = ("angular", "replaceme-lstsq", "replaceme-cosine", "shortgpt", "chop", "last", "random")

@@ -12,28 +12,31 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import time
+from typing import Any
 
 import torch
 
 from layercut import methods
+from layercut.adapters import adapter_for_model_type, family_name
 from layercut.calibration.scores import SPAN_SCORES
-from layercut.errors import ConfigError
+from layercut.errors import ConfigError, UnsupportedArchitectureError
 from layercut.loading import LoadedModel
 from layercut.methods.base import METHODS, MethodOptions, PruneOutcome, PruneRequest, method_spec
 from layercut.methods.sublayers import drop_sublayers
 
-__all__ = ["METHODS", "MethodOptions", "PruneOutcome", "PruneRequest", "prune"]
+__all__ = ["METHODS", "MethodOptions", "PruneOutcome", "PruneRequest", "check_family", "check_request", "prune"]
 
 for _module in pkgutil.iter_modules(methods.__path__):
     importlib.import_module(f"{methods.__name__}.{_module.name}")
 
 
-def _validate(loaded: LoadedModel, request: PruneRequest) -> None:
-    num_layers = loaded.num_layers
+def check_request(request: PruneRequest, num_layers: int) -> None:
+    """Refuse a request that cannot work on a model of `num_layers` blocks (known from the config, so
+    commands call this before loading any weights)."""
     method_spec(request.method)
     if request.cut < 0 or request.cut >= num_layers:
         raise ConfigError(f"--cut {request.cut} is out of range: the model has {num_layers} layers, "
-                          f"so cut between 0 and {num_layers - 1}")
+                          f"so cut between 1 and {num_layers - 1}")
     if request.num_cuts < 1 or (request.cut and request.cut % request.num_cuts):
         raise ConfigError(f"--cut {request.cut} must split evenly into --num-cuts {request.num_cuts} spans")
     if request.select not in SPAN_SCORES:
@@ -43,11 +46,23 @@ def _validate(loaded: LoadedModel, request: PruneRequest) -> None:
     if request.start is not None and (request.start < 0 or request.start + request.cut > num_layers):
         raise ConfigError(f"--start {request.start} with --cut {request.cut} does not fit: the span must lie in "
                           f"blocks 0..{num_layers - 1}")
+    request.method_options()
+
+
+def check_family(method: str, config: Any) -> None:
+    """Refuse a method that cannot work on the family of `config` (decided from the adapter entry,
+    before any weights load); the message names the model's own family (`gemma3`, not its entry)."""
+    limit = method_spec(method).family_limit
+    reason = limit(adapter_for_model_type(config.model_type)) if limit else None
+    if reason:
+        raise UnsupportedArchitectureError(
+            f"--method {method} does not work on {family_name(config.model_type)} models: {reason}")
 
 
 def prune(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> PruneOutcome:
     """Run one depth-pruning method on `loaded` in place. A cut of 0 blocks leaves the model unchanged."""
-    _validate(loaded, request)
+    check_request(request, loaded.num_layers)
+    check_family(request.method, loaded.model.config)
     options = request.method_options()
     if request.cut == 0:
         return PruneOutcome(request.method, [], [], 0)

@@ -1,6 +1,6 @@
 """Recipes: a whole compression pipeline as one YAML file, validated before anything runs.
 
-A recipe names the model and seed once, then lists steps; each step is one `layercut` command
+A recipe names the model (required) and seed once, then lists steps; each step is one `layercut` command
 (scan, prune, slim, heal, eval, export) and its keys are that command's flags with underscores:
 
     model: smollm2-135m
@@ -22,6 +22,7 @@ checkpoint's model card.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,8 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativ
 
 from layercut.calibration.scores import SPAN_SCORES
 from layercut.errors import RecipeError
-from layercut.methods.base import SLIM_METHODS, MethodOptions, option_types
-from layercut.methods.prunenet import PruneNetSettings  # noqa: F401  (registers the slim methods)
-from layercut.prune import METHODS
+from layercut.methods.base import MethodOptions
+from layercut.methods.settings import DEPTH_METHODS, GRANULARITIES, OFFLOAD_CHOICES, SLIM_METHODS
 
 
 def one_of(value: str | None, choices: list[str], what: str) -> str | None:
@@ -90,15 +90,16 @@ class PruneFields(CalibFields):
     command: ClassVar[str] = "prune"
     writes_model: ClassVar[bool] = True
     method: str
-    cut: NonNegativeInt
+    cut: PositiveInt
     out: str | None = None
     start: NonNegativeInt | None = None
     min_start: NonNegativeInt | None = None
+    allow_last: bool | None = None
     num_cuts: PositiveInt | None = None
     select: str | None = None
-    offload: Literal["none", "layers"] | None = None
+    offload: Literal[OFFLOAD_CHOICES] | None = None  # type: ignore[valid-type]
     offload_dir: str | None = None
-    granularity: Literal["block", "attn", "mlp"] | None = None
+    granularity: Literal[GRANULARITIES] | None = None  # type: ignore[valid-type]
     heal_steps: NonNegativeInt | None = None
     heal_mode: Literal["full", "lora"] | None = None
     heal_lr: PositiveFloat | None = None
@@ -106,7 +107,7 @@ class PruneFields(CalibFields):
     @field_validator("method")
     @classmethod
     def known_method(cls, value: str) -> str:
-        return one_of(value, sorted(METHODS), "method")
+        return one_of(value, sorted(DEPTH_METHODS), "method")
 
     @field_validator("select")
     @classmethod
@@ -115,7 +116,7 @@ class PruneFields(CalibFields):
 
 
 PruneStep = create_model("PruneStep", __base__=PruneFields, __module__=__name__,
-                         **option_fields(option_types(METHODS.values())))
+                         **option_fields(DEPTH_METHODS.values()))
 
 
 class SlimFields(Step):
@@ -180,6 +181,7 @@ class EvalStep(Step):
     max_tokens: PositiveInt | None = None
     seq_len: int | None = Field(None, ge=2)
     ppl_batch_size: PositiveInt | None = None
+    logits_mib: PositiveInt | None = None
     tasks: str | list[str] | None = None
     tasks_dir: str | None = None
     limit: PositiveInt | None = None
@@ -213,7 +215,7 @@ class Recipe(BaseModel):
     """The top of a recipe: the model and settings every step shares, then the steps."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = "smollm2-135m"
+    model: str
     seed: int = 0
     work_dir: str
     dtype: str | None = None
@@ -287,21 +289,27 @@ def _where(loc: tuple[Any, ...]) -> str:
     return text
 
 
+MISSING_HINTS = {"model": "; add `model: smollm2-135m` (or a model directory, .gguf file or hub id)"}
+
+
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
     """One line for one pydantic error, in the recipe's own words."""
     key = error["loc"][-1] if error["loc"] else ""
     if error["type"] == "extra_forbidden":
         allowed = sorted(field.alias or name for name, field in model.model_fields.items())
+        closest = difflib.get_close_matches(str(key), allowed, n=1)
+        if closest:
+            return f"unknown key '{key}'; did you mean '{closest[0]}'?"
         return f"unknown key '{key}' (allowed: {', '.join(allowed)})"
     if error["type"] == "missing":
-        return f"missing required key '{key}'"
+        return f"missing required key '{key}'{MISSING_HINTS.get(str(key), '')}"
     message = error["msg"].removeprefix("Value error, ")
     return f"{message} (got {error['input']!r})"
 
 
 def _raise_validation(exc: ValidationError, model: type[BaseModel], prefix: tuple[Any, ...], root: yaml.Node | None,
                       source: str) -> None:
-    errors = exc.errors()
+    errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")  # a typo explains a missing key
     first = errors[0]
     loc = prefix + tuple(first["loc"])
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

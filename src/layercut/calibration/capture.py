@@ -149,7 +149,6 @@ def fit_rows(capture: BlockCapture, fold_block: int, cut: int) -> tuple[torch.Te
     return mlp_out, attn_out, span_out
 
 
-FIT_WEIGHTINGS = ("none", "unit-target")
 
 
 def fit_weights(span_out: torch.Tensor, weighting: str) -> torch.Tensor | None:

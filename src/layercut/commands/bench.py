@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from layercut.commands.common import add_model_args, load_from_args
+from layercut.commands.flags import add_model_args
 from layercut.errors import ConfigError
-from layercut.export import ensure_output_free, write_text_atomic
-from layercut.loading import load_model
-from layercut.speed import bench_models, render_bench_markdown
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +38,11 @@ def parse_batches(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from layercut.commands.common import load_from_args
+    from layercut.export import ensure_output_free, write_text_atomic
+    from layercut.loading import load_model
+    from layercut.speed import bench_models, render_bench_markdown
+
     batches = parse_batches(args.batch)
     if args.prompt_len < 1 or args.gen_len < 1 or args.repeats < 1:
         raise ConfigError("--prompt-len, --gen-len and --repeats must be at least 1")

@@ -1,88 +1,23 @@
-"""Flags shared by several subcommands, and the helpers that turn them into library calls."""
+"""The helpers that turn parsed flags into library calls (load the model, read calibration text and
+tasks, check outputs); the commands import them when they run (the flags are in `commands/flags.py`)."""
 
 from __future__ import annotations
 
 import argparse
 import random
+from typing import Any
 
 import numpy as np
 import torch
 
 from layercut.data import calibration_windows
 from layercut.errors import ConfigError
+from layercut.evaluation.logprobs import DEFAULT_LOGITS_MIB
 from layercut.evaluation.suite import PerplexitySettings
 from layercut.evaluation.tasks import Task, load_task
-from layercut.loading import LoadedModel, load_model
-
-DEFAULT_MODEL = "smollm2-135m"
-
-
-def int_at_least(minimum: int):
-    """An argparse type: an integer >= `minimum`, refused at parse time (before any model loads)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {value})")
-        return value
-    parse.__name__ = f"int>={minimum}"
-    return parse
-
-
-positive_int = int_at_least(1)
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="alias (smollm2-135m), HF directory, .gguf file or hub id (default: %(default)s)")
-    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow model code from the checkpoint to run (off by default)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--device-map", default=None,
-                        help="let accelerate place the model over several devices (e.g. auto); overrides --device")
-
-
-def add_calib_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument("--calib", default=None if required else "builtin:pydoc-calib", required=required,
-                        help="calibration text: .txt, .jsonl, builtin:pydoc-calib, or hf:NAME[:CONFIG][:SPLIT]")
-    parser.add_argument("--text-field", default="text", help="JSONL / dataset field holding the text")
-    parser.add_argument("--samples", type=positive_int, default=64, help="number of calibration windows")
-    parser.add_argument("--seq-len", type=int_at_least(2), default=256, help="tokens per calibration window")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass")
-
-
-def add_eval_args(parser: argparse.ArgumentParser, window_flag: str = "--seq-len", batch_flag: str = "--batch-size",
-                  text_field_flag: str = "--text-field") -> None:
-    """The evaluation flags of `layercut eval`. `compare` also calibrates, so it names the three flags
-    its calibration already uses differently; the values land in the same attributes either way."""
-    group = parser.add_argument_group("evaluation")
-    group.add_argument("--ppl",
-                       help="text for perplexity: .txt, .jsonl, builtin:pydoc-eval or hf:NAME[:CONFIG][:SPLIT]")
-    group.add_argument(text_field_flag, dest="ppl_text_field", default="text", metavar="FIELD",
-                       help="JSONL / dataset field holding the --ppl text")
-    group.add_argument("--max-tokens", type=positive_int, help="cap the perplexity text at this many tokens (whole windows)")
-    group.add_argument(window_flag, dest="ppl_seq_len", type=int_at_least(2), metavar="TOKENS",
-                       help="perplexity window length (default: model length, at most 2048)")
-    group.add_argument("--ppl-batch-size", type=positive_int, default=1, help="perplexity windows per forward pass")
-    group.add_argument("--tasks", help="comma-separated task names, .jsonl paths or hf: datasets")
-    group.add_argument("--tasks-dir", help="folder holding the task files of registered task names")
-    group.add_argument("--limit", type=positive_int, help="evaluate only the first N items of each task")
-    group.add_argument("--num-fewshot", type=int_at_least(0), default=0, help="solved examples before each question")
-    group.add_argument(batch_flag, dest="task_batch_size", type=positive_int, default=16, metavar="N",
-                       help="packed questions per forward pass")
-
-
-def check_eval_args(args: argparse.Namespace, batch_flag: str = "--batch-size") -> None:
-    """Refuse an evaluation with nothing to measure or with empty batches."""
-    if not args.ppl and not args.tasks:
-        raise ConfigError("nothing to evaluate; pass --ppl TEXT and/or --tasks piqa,arc_easy,... (with --tasks-dir)")
-    for value, flag in ((args.task_batch_size, batch_flag), (args.ppl_batch_size, "--ppl-batch-size")):
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1")
+from layercut.export import check_output_location
+from layercut.loading import (LoadedModel, estimate_checkpoint_bytes, load_model, peek_config, resolve_device,
+                              resolve_dtype)
 
 
 def tasks_from_args(args: argparse.Namespace) -> list[Task]:
@@ -100,9 +35,17 @@ def ppl_from_args(args: argparse.Namespace) -> PerplexitySettings | None:
     return PerplexitySettings(args.ppl, args.ppl_seq_len, args.max_tokens, args.ppl_batch_size, args.ppl_text_field)
 
 
-def add_output_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--out", required=required, help="output directory (a Hugging Face checkpoint)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+def peek_from_args(args: argparse.Namespace) -> Any:
+    """The model's config, read without its weights, so a command refuses what cannot work first."""
+    return peek_config(args.model, args.trust_remote_code)
+
+
+def check_output_room(args: argparse.Namespace, config: Any, path: str, flag: str = "--out",
+                      dtype: str | None = None) -> None:
+    """Refuse an output location that is not writable or lacks room for a checkpoint of `config`
+    (in `dtype`, by default the one the model will load in), before any weights load."""
+    resolved = resolve_dtype(dtype or args.dtype, resolve_device(args.device))
+    check_output_location(path, estimate_checkpoint_bytes(config, resolved), flag)
 
 
 def seed_everything(seed: int) -> None:

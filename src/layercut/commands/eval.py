@@ -9,14 +9,14 @@ import os
 import sys
 from pathlib import Path
 
-from layercut.commands.common import (add_eval_args, add_model_args, check_eval_args, load_from_args,
-                                      ppl_from_args, tasks_from_args)
-from layercut.evaluation import cache
-from layercut.evaluation.report import (build_report, plot_report, record_in_checkpoint, render_console, render_json,
-                                        render_markdown)
-from layercut.evaluation.suite import ModelEvaluation, PerplexitySettings, evaluate_model
-from layercut.evaluation.tasks import Task, known_task_names
-from layercut.export import ensure_output_free, write_text_atomic
+from typing import TYPE_CHECKING
+
+from layercut.commands.flags import add_eval_args, add_model_args, check_eval_args
+from layercut.evaluation.tasks import known_task_names
+
+if TYPE_CHECKING:
+    from layercut.evaluation.suite import ModelEvaluation, PerplexitySettings
+    from layercut.evaluation.tasks import Task
 
 EPILOG = f"""tasks: registered names ({known_task_names()}) read their file from --tasks-dir
 (arc_easy.jsonl, arc_challenge.jsonl, boolq.jsonl, piqa.jsonl, openbook_qa.jsonl, winogrande.jsonl,
@@ -57,6 +57,10 @@ def evaluate_spec(spec: str, args: argparse.Namespace, tasks: list[Task], ppl: P
                   use_cache: bool = False) -> ModelEvaluation:
     """Load one model, evaluate it (or reuse its cached evaluation), and release it before the next
     one is loaded."""
+    from layercut.commands.common import load_from_args
+    from layercut.evaluation import cache
+    from layercut.evaluation.suite import evaluate_model
+
     loaded = load_from_args(argparse.Namespace(**{**vars(args), "model": spec}))
     key = cache.evaluation_key(loaded.model, tasks, ppl, scoring_settings(args)) if use_cache else None
     hit = cache.load_cached(key) if key else None
@@ -66,7 +70,7 @@ def evaluate_spec(spec: str, args: argparse.Namespace, tasks: list[Task], ppl: P
         print(f"{spec}: reusing its evaluation measured {date} (same weights, text, tasks and settings; "
               "--no-cache re-measures)", file=sys.stderr)
     else:
-        evaluation = evaluate_model(loaded, tasks, ppl, args.task_batch_size, not args.no_progress)
+        evaluation = evaluate_model(loaded, tasks, ppl, args.task_batch_size, not args.no_progress, args.logits_mib)
         if key:
             cache.store(key, evaluation, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     del loaded
@@ -76,6 +80,8 @@ def evaluate_spec(spec: str, args: argparse.Namespace, tasks: list[Task], ppl: P
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Refuse existing outputs before any work; --report brings a chart next to it unless --plot is set."""
+    from layercut.export import ensure_output_free
+
     if args.report and not args.plot:
         args.plot = str(Path(args.report).with_suffix(".png"))
     for path in (args.json, args.report, args.plot):
@@ -84,6 +90,9 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 
 def write_outputs(report: dict, args: argparse.Namespace) -> None:
+    from layercut.evaluation.report import plot_report, render_json, render_markdown
+    from layercut.export import ensure_output_free, write_text_atomic
+
     if args.plot:
         plot_report(report, ensure_output_free(args.plot, args.overwrite))
     if args.report:
@@ -94,6 +103,9 @@ def write_outputs(report: dict, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from layercut.commands.common import ppl_from_args, tasks_from_args
+    from layercut.evaluation.report import build_report, record_in_checkpoint, render_console
+
     check_eval_args(args)
     check_outputs(args)
     tasks = tasks_from_args(args)

@@ -6,17 +6,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layercut.commands.common import add_model_args, load_from_args
+from layercut.commands.flags import add_model_args
 from layercut.errors import ConfigError
-from layercut.export import ensure_output_free, save_checkpoint
-from layercut.gguf_export import GGUF_TYPES, export_gguf
+
+
+GGUF_TYPES = ("f16", "f32")  # gguf_export.GGUF_TYPES, named here so the parser needs no torch (a test checks)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="write a GGUF file for llama.cpp / Ollama, or a checkpoint with a recipe",
                                    description=__doc__)
     add_model_args(parser)
-    parser.add_argument("--gguf", help="write a GGUF file here (Llama-family models)")
+    parser.add_argument("--gguf", help="write a GGUF file here (Llama, Mistral, Qwen2/3, Phi-3, Gemma 2/3)")
     parser.add_argument("--gguf-type", choices=GGUF_TYPES, default="f16",
                         help="precision of the GGUF matrices; norms stay f32 (default: %(default)s)")
     parser.add_argument("--out", help="also write a Hugging Face checkpoint here")
@@ -26,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from layercut.commands.common import check_output_room, load_from_args, peek_from_args
+    from layercut.export import ensure_output_free, save_checkpoint
+    from layercut.gguf_export import check_gguf_export, export_gguf
+
     if not args.gguf and not args.out:
         raise ConfigError("nothing to export; pass --gguf FILE and/or --out DIR")
     if args.recipe and not args.out:
@@ -34,6 +39,13 @@ def run(args: argparse.Namespace) -> int:
         if path:
             ensure_output_free(path, args.overwrite)
     recipe_text = Path(args.recipe).read_text(encoding="utf-8") if args.recipe else None
+    config = peek_from_args(args)
+    if args.gguf:
+        check_gguf_export(config)
+    if args.out:
+        check_output_room(args, config, args.out)
+    if args.gguf:
+        check_output_room(args, config, args.gguf, "--gguf", {"f16": "float16", "f32": "float32"}[args.gguf_type])
     loaded = load_from_args(args)
     if args.out:
         step = {"command": "export", "method": "recipe" if recipe_text else "checkpoint",

@@ -7,9 +7,7 @@ import argparse
 import json
 import sys
 
-from layercut.commands.common import add_model_args, add_output_args, load_from_args
-from layercut.export import ensure_output_free
-from layercut.healing.trainer import build_config, export_healed, heal
+from layercut.commands.flags import add_model_args, add_output_args
 
 DESCRIPTION = "Heal a pruned model (LayerChop): continued next-token pretraining, full or LoRA, optional distillation."
 
@@ -60,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from layercut.commands.common import check_output_room, load_from_args, peek_from_args
+    from layercut.export import ensure_output_free
+    from layercut.healing.trainer import build_config, export_healed, heal
+
     if not args.resume:
         ensure_output_free(args.out, args.overwrite)
     config = build_config(
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         work_dir=args.out, resume=args.resume, seed=args.seed,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None, precision=args.precision,
         progress=not args.no_progress)
+    check_output_room(args, peek_from_args(args), args.out)
     loaded = load_from_args(args)
     result = heal(loaded, config)
     if result.interrupted:

@@ -6,20 +6,31 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
-from typing import Literal, get_args, get_origin
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 
 from layercut.methods.base import MethodOptions, flag_name, resolve_options
 
 
+def _without_none(annotation: object) -> object:
+    """`int | None` -> `int`: an optional option parses as its type (unset stays None)."""
+    if get_origin(annotation) in (Union, UnionType):
+        present = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(present) == 1:
+            return present[0]
+    return annotation
+
+
 def _add_flag(group: argparse._ArgumentGroup, name: str, field: FieldInfo) -> None:
     key = field.alias or name
-    if field.annotation is bool:
+    annotation = _without_none(field.annotation)
+    if annotation is bool:
         group.add_argument(flag_name(key), dest=key, action="store_true", help=field.description)
         return
-    choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
-    kind = field.annotation if field.annotation in (int, float) else str
+    choices = get_args(annotation) if get_origin(annotation) is Literal else None
+    kind = annotation if annotation in (int, float) else str
     shown = "" if field.default is None else " (default: %(default)s)"
     group.add_argument(flag_name(key), dest=key, type=kind, choices=choices, default=field.default,
                        help=field.description + shown)

@@ -6,10 +6,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from layercut.distributed import rank_and_world
 from layercut.errors import RecipeError
-from layercut.export import ensure_output_free
-from layercut.recipe import load_recipe, plan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from layercut.distributed import rank_and_world
+    from layercut.export import ensure_output_free
+    from layercut.recipe import load_recipe, plan
+
     if rank_and_world()[1] > 1:
         raise RecipeError("recipes run in one process (heal, slim and export are not data-parallel); "
                           "use torchrun with layercut prune or layercut scan")

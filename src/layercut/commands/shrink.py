@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from layercut.commands.common import add_model_args, int_at_least, load_from_args, positive_int
+from layercut.commands.flags import add_model_args, int_at_least, positive_int
 from layercut.errors import ConfigError
 
 DESCRIPTION = ("Shrink a model to a size target: score every cut (drop / ReplaceMe) in one calibration pass, check "
@@ -71,6 +71,7 @@ def target_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from layercut.commands.common import load_from_args
     from layercut.export import ensure_output_free
     from layercut.loading import peek_config
     from layercut.shrink import STATE_FILE, ShrinkConfig, check_target_layers, shrink

@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layercut.commands.common import add_model_args, add_output_args, load_from_args
-from layercut.commands.options import add_option_groups
+from layercut.commands.flags import add_model_args, add_output_args
+from layercut.commands.options import add_option_groups, options_from_args
 from layercut.errors import ConfigError
-from layercut.export import ensure_output_free, save_checkpoint
-from layercut.methods.base import SLIM_METHODS
-from layercut.methods.prunenet import PolicyConfig, slim_model
-from layercut.slicing import keep_count
+from layercut.methods.settings import SLIM_METHODS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad flag combinations before the model is loaded."""
+    from layercut.slicing import keep_count
+
     keep_count(2, args.ratio)
+    options_from_args(args, SLIM_METHODS[args.method])
     if args.method == "magnitude" and (args.policy or args.policy_out):
         raise ConfigError("--policy/--policy-out only apply to --method prunenet")
     if args.policy and args.policy_out:
@@ -39,15 +39,18 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"policy file '{args.policy}' not found; pass a file written by --policy-out")
     if args.policy_out and Path(args.policy_out).expanduser().exists() and not args.overwrite:
         raise ConfigError(f"policy file '{args.policy_out}' already exists; pass --overwrite or choose another path")
-    if args.episodes < 1:
-        raise ConfigError(f"--episodes must be at least 1 (got {args.episodes})")
 
 
 def run(args: argparse.Namespace) -> int:
+    from layercut.commands.common import check_output_room, load_from_args, peek_from_args
+    from layercut.export import ensure_output_free, save_checkpoint
+    from layercut.methods.prunenet import PolicyConfig, slim_model
+
     check_args(args)
     ensure_output_free(args.out, args.overwrite)
+    check_output_room(args, peek_from_args(args), args.out)
     loaded = load_from_args(args)
-    config = PolicyConfig(ratio=args.ratio, episodes=args.episodes, lr=args.lr, seed=args.seed)
+    config = PolicyConfig(ratio=args.ratio, variant=args.variant, episodes=args.episodes, lr=args.lr, seed=args.seed)
     step = slim_model(loaded, args.method, config, args.policy, args.policy_out, args.overwrite,
                       progress=not args.no_progress)
     out = save_checkpoint(loaded, args.out, step, overwrite=args.overwrite)

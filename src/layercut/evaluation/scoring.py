@@ -9,13 +9,13 @@ Speed: requests that share a token prefix (the choices of one question) are pack
 the shared prefix once, then each request's own tokens. An attention mask lets each request see
 the prefix and itself only, and position ids continue the prefix, so each request gets exactly
 the logits a row of its own would give, while the prefix is computed once. Rows are
-left-padded and batched longest first within a token budget so batches pad little, and the vocabulary projection runs only
-on the tail of the rows where continuation tokens are predicted.
+left-padded and batched longest first within a token budget so batches pad little, and the
+vocabulary projection runs only at the positions that predict continuation tokens, a bounded
+chunk of them at a time (`evaluation.logprobs`).
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from layercut.errors import DataError
+from layercut.evaluation.logprobs import DEFAULT_LOGITS_MIB, target_logprobs
 
 PREFIX, PADDING = -1, -2
 
@@ -138,42 +139,40 @@ def pack_groups(encoded: Sequence[tuple[list[int], int]], groups: Sequence[Seque
     return rows
 
 
-def attention_bias(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive 4-D mask [B, 1, L, L]: causal, and a token sees only the prefix and its own request."""
+def attention_bias(segments: torch.Tensor, dtype: torch.dtype, positions: torch.Tensor | None = None,
+                   window: int | None = None) -> torch.Tensor:
+    """Additive 4-D mask [B, 1, L, L]: causal, and a token sees only the prefix and its own request;
+    with a sliding `window`, also only keys fewer than `window` positions back (by position id, so
+    packed requests keep their own distances)."""
     length = segments.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
     keys, queries = segments[:, None, :], segments[:, :, None]
     allowed = causal & ((keys == queries) | (keys == PREFIX))
+    if window is not None and positions is not None:
+        allowed &= positions[:, :, None] - positions[:, None, :] < window
     bias = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
     return bias.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def tail_length(rows: Sequence[PackedRow]) -> int:
-    """How many final positions of the left-padded batch hold every predicting position."""
-    return max(len(row.tokens) - min(min(p) for p, _ in row.targets) for row in rows)
+def packed_attention_mask(config: Any, segments: torch.Tensor, positions: torch.Tensor,
+                          dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The mask of a packed batch as the model's config asks for it. A custom 4-D mask replaces the
+    model's own, sliding window included, so the window is applied here: models whose config lists
+    per-layer `layer_types` get one mask per type (their forward accepts that mapping), models with
+    one `sliding_window` for every layer get it in their single mask."""
+    window = getattr(config, "sliding_window", None)
+    window = window if isinstance(window, int) and window > 0 else None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and window is not None:
+        return {kind: attention_bias(segments, dtype, positions, window if "sliding" in kind else None)
+                for kind in set(layer_types)}
+    if window is not None and getattr(config, "use_sliding_window", True):
+        return attention_bias(segments, dtype, positions, window)
+    return attention_bias(segments, dtype)
 
 
-def selects_positions(model: nn.Module) -> bool:
-    """Whether the model's forward takes a [batch, seq] boolean `logits_to_keep` (transformers 5
-    model files slice with `slice_logits_to_keep`); others get the shared tail of positions."""
-    return getattr(sys.modules.get(type(model).__module__), "slice_logits_to_keep", None) is not None
-
-
-def predicted_logits(model: nn.Module, inputs: dict[str, torch.Tensor], rows_at: torch.Tensor,
-                     columns: torch.Tensor, tail: int) -> torch.Tensor:
-    """Logits [N, vocab] at the cells (rows_at[i], columns[i]) of the batch, computing the vocabulary
-    projection only there (or, for models that cannot select cells, on the last `tail` columns)."""
-    batch, width = inputs["input_ids"].shape
-    if selects_positions(model):
-        keep = torch.zeros((batch, width), dtype=torch.bool, device=columns.device)
-        keep[rows_at, columns] = True
-        flat = (keep.flatten().cumsum(0) - 1).view(batch, width)
-        return model(**inputs, logits_to_keep=keep, use_cache=False).logits[flat[rows_at, columns]]
-    logits = model(**inputs, logits_to_keep=tail, use_cache=False).logits
-    return logits[rows_at, columns - (width - tail)]
-
-
-def score_batch(model: nn.Module, rows: Sequence[PackedRow], pad_id: int) -> list[tuple[int, Scored]]:
+def score_batch(model: nn.Module, rows: Sequence[PackedRow], pad_id: int,
+                logits_mib: int = DEFAULT_LOGITS_MIB) -> list[tuple[int, Scored]]:
     """Run one left-padded batch of rows; return (request id, Scored) for every request in it."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -193,13 +192,11 @@ def score_batch(model: nn.Module, rows: Sequence[PackedRow], pad_id: int) -> lis
             targets += tokens
             owners += [(b, local)] * len(tokens)
     inputs = {"input_ids": ids.to(device), "position_ids": positions.to(device),
-              "attention_mask": attention_bias(segments.to(device), dtype)}
-    logits = predicted_logits(model, inputs, torch.tensor(rows_at, device=device),
-                              torch.tensor(columns, device=device), tail_length(rows))
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    target_ids = torch.tensor(targets, device=device)
-    picked = logprobs.gather(-1, target_ids[:, None])[:, 0].tolist()
-    hits = (logprobs.argmax(dim=-1) == target_ids).tolist()
+              "attention_mask": packed_attention_mask(model.config, segments.to(device), positions.to(device), dtype)}
+    logprobs, greedy = target_logprobs(model, inputs, torch.tensor(rows_at), torch.tensor(columns),
+                                       torch.tensor(targets), logits_mib)
+    assert greedy is not None
+    picked, hits = logprobs.tolist(), greedy.tolist()
     totals: dict[tuple[int, int], list] = {}
     for key, value, hit in zip(owners, picked, hits):
         entry = totals.setdefault(key, [0.0, True])
@@ -234,10 +231,10 @@ def model_max_len(model: nn.Module, default: int = 2048) -> int:
 def score_requests(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[str, str]],
                    groups: Sequence[Sequence[int]] | None = None, batch_size: int = 16,
                    progress: bool = True, desc: str = "scoring",
-                   stats: ScoringStats | None = None) -> list[Scored]:
+                   stats: ScoringStats | None = None, logits_mib: int = DEFAULT_LOGITS_MIB) -> list[Scored]:
     """Score (context, continuation) pairs; `groups` lists request indices worth packing together
-    (by default each request alone); a batch holds up to `batch_size` rows of average length.
-    Returns one `Scored` per request, in order."""
+    (by default each request alone); a batch holds up to `batch_size` rows of average length, and
+    at most `logits_mib` MiB of logits exist at a time. Returns one `Scored` per request, in order."""
     max_len = model_max_len(model)
     encoded = [encode_pair(tokenizer, context, continuation, max_len) for context, continuation in requests]
     rows = pack_groups(encoded, groups if groups is not None else [[i] for i in range(len(requests))], max_len)
@@ -248,7 +245,7 @@ def score_requests(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[st
     with torch.inference_mode():
         for batch in tqdm(batch_rows(rows, batch_size, budget), desc=desc, unit="batch", disable=not progress,
                           leave=False):
-            for request_id, scored in score_batch(model, batch, pad_id):
+            for request_id, scored in score_batch(model, batch, pad_id, logits_mib):
                 results[request_id] = scored
     if stats is not None:
         stats.tokens += sum(len(row.tokens) for row in rows)

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from layercut.evaluation.logprobs import DEFAULT_LOGITS_MIB
 from layercut.evaluation.perplexity import PerplexityResult, text_perplexity
 from layercut.evaluation.tasks import Task
 from layercut.evaluation.zeroshot import TaskResult, evaluate_task
@@ -59,18 +60,20 @@ class ModelEvaluation:
 
 
 def evaluate_model(loaded: LoadedModel, tasks: Sequence[Task] = (), ppl: PerplexitySettings | None = None,
-                   batch_size: int = 16, progress: bool = True) -> ModelEvaluation:
-    """Perplexity (when `ppl` is given) and every task, on one loaded model; a model with NaN/Inf
-    weights or outputs is refused rather than scored."""
+                   batch_size: int = 16, progress: bool = True,
+                   logits_mib: int = DEFAULT_LOGITS_MIB) -> ModelEvaluation:
+    """Perplexity (when `ppl` is given) and every task, on one loaded model, with at most
+    `logits_mib` MiB of logits at a time; a model with NaN/Inf weights or outputs is refused
+    rather than scored."""
     require_finite(loaded.model)
     evaluation = ModelEvaluation(model=loaded.source, parameters=count_parameters(loaded.model),
                                  layers=loaded.num_layers)
     if ppl is not None:
         started = time.perf_counter()
         evaluation.perplexity = text_perplexity(loaded, ppl.source, ppl.seq_len, ppl.max_tokens, ppl.batch_size,
-                                                ppl.text_field, progress)
+                                                ppl.text_field, progress, logits_mib)
         evaluation.perplexity_seconds = time.perf_counter() - started
         require_finite_value(evaluation.perplexity.perplexity, "perplexity", loaded.model)
     for task in tasks:
-        evaluation.tasks[task.name] = evaluate_task(loaded, task, batch_size, progress)
+        evaluation.tasks[task.name] = evaluate_task(loaded, task, batch_size, progress, logits_mib)
     return evaluation

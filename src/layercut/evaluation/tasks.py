@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from layercut.data import load_hf_dataset
 from layercut.errors import ConfigError, DataError
 
 CHOICE = "choice"
@@ -202,6 +201,8 @@ def read_task_file(path: Path, fmt: str, prompt: Callable[[str], str] = verbatim
 
 def read_hf_task(spec: str) -> tuple[list[ChoiceItem], str]:
     """A Hugging Face dataset whose rows follow the generic format: `hf:NAME[:CONFIG][:SPLIT]`."""
+    from layercut.data import load_hf_dataset  # torch and datasets only when a hub task is asked for
+
     rows = load_hf_dataset(spec, default_split="validation")
     records = [(f"{spec} row {number}", dict(row)) for number, row in enumerate(rows)]
     if not records:

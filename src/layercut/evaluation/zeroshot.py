@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from layercut.evaluation.logprobs import DEFAULT_LOGITS_MIB
 from layercut.evaluation.scoring import Scored, ScoringStats, score_requests
 from layercut.evaluation.tasks import CLOZE, TARGET_DELIMITER, ChoiceItem, Task
 from layercut.loading import LoadedModel
@@ -78,12 +79,14 @@ def cloze_metrics(scored: list[Scored]) -> tuple[dict[str, float], list[bool]]:
     return {"acc": sum(correct) / len(scored), "perplexity": math.exp(-mean_ll)}, correct
 
 
-def evaluate_task(loaded: LoadedModel, task: Task, batch_size: int = 16, progress: bool = True) -> TaskResult:
-    """Score every item of `task` with `loaded` and compute its metrics."""
+def evaluate_task(loaded: LoadedModel, task: Task, batch_size: int = 16, progress: bool = True,
+                  logits_mib: int = DEFAULT_LOGITS_MIB) -> TaskResult:
+    """Score every item of `task` with `loaded` (at most `logits_mib` MiB of logits at a time) and
+    compute its metrics."""
     requests, groups = task_requests(task.items)
     stats = ScoringStats()
     scored = score_requests(loaded.model, loaded.tokenizer, requests, groups, batch_size, progress,
-                            desc=task.name, stats=stats)
+                            desc=task.name, stats=stats, logits_mib=logits_mib)
     logprobs = [[scored[i].logprob for i in group] for group in groups]
     if task.kind == CLOZE:
         metrics, correct = cloze_metrics(scored)

@@ -353,7 +353,8 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
             record = {"step": step, **record, "tokens": step * config.tokens_per_step, "seconds": round(seconds, 3)}
             log.append(record)
             if config.eval_every and step % config.eval_every == 0 and held_out is not None:
-                record["eval_ppl"] = held_out_perplexity(model, held_out, eval_batch)
+                # peft injects LoRA into loaded.model's own layers, so the plain model includes it
+                record["eval_ppl"] = held_out_perplexity(loaded.model, held_out, eval_batch)
             if work_dir is not None:
                 append_jsonl(work_dir / LOG_FILE, record)
             bar.update(1)

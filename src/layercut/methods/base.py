@@ -6,13 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from layercut.errors import ConfigError
-from layercut.loading import LoadedModel
+from layercut.methods.protection import Guard, protected_blocks
+
+if TYPE_CHECKING:  # light at import: the command-line parser is built from this module without torch
+    import torch
+
+    from layercut.adapters import ArchAdapter
+    from layercut.loading import LoadedModel
 
 
 class MethodOptions(BaseModel):
@@ -70,7 +75,8 @@ def resolve_options(options_type: type[MethodOptions], values: MethodOptions | d
 class PruneRequest:
     """What to cut and how: the options every depth method shares, plus `options`, the chosen method's
     own settings (its `MethodOptions`, or a dict of them by key; unset ones take their defaults).
-    `cut` is the total number of blocks removed."""
+    `cut` is the total number of blocks removed. Blocks before `min_start` (default: block 0) and,
+    unless `allow_last`, the final block are never cut (`layercut.methods.protection`)."""
 
     method: str
     cut: int
@@ -81,12 +87,17 @@ class PruneRequest:
     batch_size: int = 8
     seed: int = 0
     granularity: str = "block"
+    allow_last: bool = False
     progress: bool = True
     options: MethodOptions | dict[str, Any] = field(default_factory=dict)
 
     def method_options(self) -> MethodOptions:
         """The chosen method's settings, validated (defaults for the unset ones)."""
         return resolve_options(method_spec(self.method).options, self.options)
+
+    def guards(self, num_layers: int, massive: Iterable[int] = (), first_needed: str = "") -> dict[int, Guard]:
+        """The blocks this request protects, and why (`protected_blocks`)."""
+        return protected_blocks(num_layers, self.min_start, self.allow_last, massive, first_needed)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings for the model card: the shared ones, then the chosen method's own."""
@@ -108,7 +119,8 @@ class PruneOutcome:
     seconds: float = 0.0
 
 
-Method = Callable[[LoadedModel, torch.Tensor, PruneRequest, Any], PruneOutcome]
+Method = Callable[["LoadedModel", "torch.Tensor", PruneRequest, Any], PruneOutcome]
+FamilyLimit = Callable[["ArchAdapter"], Optional[str]]  # why a method cannot work on a family, or None
 
 
 @dataclass(frozen=True)
@@ -119,18 +131,21 @@ class MethodSpec:
     run: Method
     options: type[MethodOptions]
     select: str
+    family_limit: FamilyLimit | None = None
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, options: type[MethodOptions] = NoOptions,
-             select: str = "angular") -> Callable[[Method], Method]:
+def register(name: str, options: type[MethodOptions] = NoOptions, select: str = "angular",
+             family_limit: FamilyLimit | None = None) -> Callable[[Method], Method]:
     """Decorator: make `method(loaded, windows, request, options)` available to `prune` (and so to the CLI,
-    recipes and `compare`) as `name`, with its options declared by `options`."""
+    recipes and `compare`) as `name`, with its options declared by `options`. `family_limit(adapter)`
+    says from the adapter entry alone why the method cannot work on a family (None: it can), so a
+    command refuses before any weights load."""
 
     def add(method: Method) -> Method:
-        METHODS[name] = MethodSpec(name, method, options, select)
+        METHODS[name] = MethodSpec(name, method, options, select, family_limit)
         return method
 
     return add
@@ -141,16 +156,3 @@ def method_spec(name: str) -> MethodSpec:
     if name not in METHODS:
         raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}")
     return METHODS[name]
-
-
-def option_types(specs: Iterable[MethodSpec]) -> list[type[MethodOptions]]:
-    """The distinct options classes of `specs`, in registry order (two methods may share one)."""
-    return list(dict.fromkeys(spec.options for spec in specs))
-
-
-SLIM_METHODS: dict[str, type[MethodOptions]] = {}
-
-
-def register_slim(name: str, options: type[MethodOptions] = NoOptions) -> None:
-    """Make a width (slim) method available to `layercut slim` and recipes as `name`."""
-    SLIM_METHODS[name] = options

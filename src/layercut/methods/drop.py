@@ -17,10 +17,9 @@ from layercut.surgery import remove_blocks
 def drop_spans(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
                options: NoOptions) -> PruneOutcome:
     """Gromov et al.: remove the most redundant span(s) by the selected score, no replacement."""
-    min_start = 0 if request.min_start is None else request.min_start
     calibration = calibrate(loaded, windows, request.batch_size, progress=request.progress)
-    starts = place_spans(loaded, calibration, request, min_start, gap=0)
+    starts, protection = place_spans(loaded, calibration, request, request.guards(loaded.num_layers))
     span_len = request.cut // request.num_cuts
     removed = remove_blocks(loaded, spans_to_blocks(starts, span_len))
     return PruneOutcome(request.method, removed, starts, span_len,
-                        scores=span_summary(calibration, request.select, starts, span_len))
+                        scores=span_summary(calibration, request.select, starts, span_len), details=protection)

@@ -5,36 +5,24 @@ parameters and adding each later block's difference from it ("reserving differen
 seeking common"): theta_l + sum_k (theta_{l+k} - theta_l); the merged-away blocks are deleted.
 Every merge is tried on a few calibration windows and kept only when the final hidden states of
 the merged model stay close to the original model's (mean token cosine >= a threshold);
-otherwise it is undone. Merges proceed from the top of the model down, as in the paper.
+otherwise it is undone. Merges proceed from the top of the model down, as in the paper, but below
+the final block unless `--allow-last` (the first block is never merged away either).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from layercut.calibration.scores import cosine_rows
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
-from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.methods.settings import LacoSettings
+from layercut.methods.protection import protection_details
 from layercut.surgery import remove_blocks
-
-
-class LacoSettings(MethodOptions):
-    """The paper's hyper-parameters: `layers` (C) blocks merged at a time, `interval` (I) blocks moved
-    down after an accepted merge, `threshold` (T) on the representation similarity, and the
-    calibration windows used for the check. The lowest block a merge may start at (L) is `--min-start`."""
-
-    title: ClassVar[str] = "laco"
-    threshold: float = Field(0.85, ge=-1.0, le=1.0, alias="laco_threshold",
-                             description="keep a merge only when the final hidden states' mean cosine to the dense "
-                                         "model's stays at or above this")
-    layers: int = Field(4, ge=2, alias="laco_layers", description="blocks merged into one per step")
-    interval: int = Field(2, ge=1, alias="laco_interval", description="blocks to move down after an accepted merge")
-    samples: int = Field(4, ge=1, alias="laco_samples", description="calibration windows used for the similarity check")
 
 
 def merge_parameters(base: torch.Tensor, others: list[torch.Tensor]) -> torch.Tensor:
@@ -70,9 +58,10 @@ def representation_similarity(reference: torch.Tensor, candidate: torch.Tensor) 
 
 
 def collapse(loaded: LoadedModel, windows: torch.Tensor, cut: int, settings: LacoSettings, lowest: int = 1,
-             batch_size: int = 8) -> tuple[list[int], list[dict[str, Any]]]:
-    """Merge blocks from the top down until `cut` blocks are gone; returns the removed block indices
-    (of the input model) and a log of every merge tried."""
+             batch_size: int = 8, keep_top: int = 0) -> tuple[list[int], list[dict[str, Any]]]:
+    """Merge blocks from the top down until `cut` blocks are gone, never touching the final
+    `keep_top` blocks; returns the removed block indices (of the input model) and a log of every
+    merge tried."""
     model, adapter = loaded.model, loaded.adapter
     original = list(adapter.blocks(model))
     check_windows = windows[:settings.samples]
@@ -80,7 +69,7 @@ def collapse(loaded: LoadedModel, windows: torch.Tensor, cut: int, settings: Lac
     alive = list(range(len(original)))
     removed: list[int] = []
     trials: list[dict[str, Any]] = []
-    position = len(alive) - settings.layers
+    position = len(alive) - settings.layers - keep_top
     while len(removed) < cut and position >= lowest:
         merged_away = alive[position + 1:position + min(settings.layers, cut - len(removed) + 1)]
         base = original[alive[position]]
@@ -94,7 +83,7 @@ def collapse(loaded: LoadedModel, windows: torch.Tensor, cut: int, settings: Lac
                        "accepted": accepted})
         if accepted:
             alive, removed = trial_alive, removed + merged_away
-            position = min(position - settings.interval, len(alive) - settings.layers)
+            position = min(position - settings.interval, len(alive) - settings.layers - keep_top)
         else:
             with torch.no_grad():
                 for name, param in base.named_parameters():
@@ -114,9 +103,11 @@ def laco(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest, sett
     """`--method laco`: layer collapse with the calibration-similarity check (merges start at block 1 or
     `--min-start`)."""
     lowest = 1 if request.min_start is None else request.min_start
-    removed, trials = collapse(loaded, windows, request.cut, settings, lowest, request.batch_size)
+    keep_top = 0 if request.allow_last else 1
+    guards = request.guards(loaded.num_layers)
+    removed, trials = collapse(loaded, windows, request.cut, settings, lowest, request.batch_size, keep_top)
     merged_into = sorted({t["into"] for t in trials if t["accepted"]})
     return PruneOutcome(request.method, removed, merged_into, len(removed),
-                        details={"laco": {"layers": settings.layers, "interval": settings.interval,
+                        details={**protection_details(guards), "laco": {"layers": settings.layers, "interval": settings.interval,
                                           "threshold": settings.threshold, "lowest": lowest,
                                           "samples": settings.samples, "trials": trials}})

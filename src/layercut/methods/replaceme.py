@@ -7,49 +7,23 @@ down-projection so the pruned model has no extra parameters.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
-from pydantic import Field
 from tqdm.auto import tqdm
 
-from layercut.calibration.capture import FIT_WEIGHTINGS, LinearFitStats, calibrate, collect_fit, fit_memory_bytes
+from layercut.adapters import ArchAdapter, family_name
+from layercut.calibration.capture import LinearFitStats, calibrate, collect_fit, fit_memory_bytes
 from layercut.calibration.selection import spans_to_blocks
 from layercut.errors import UnsupportedArchitectureError
 from layercut.linear import fold_right_matrix
 from layercut.loading import LoadedModel
-from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.methods.settings import CosineSettings, ReplaceMeSettings
 from layercut.methods.spans import place_spans, span_summary
 from layercut.onload import materialize
 from layercut.surgery import remove_blocks
 
 
-class ReplaceMeSettings(MethodOptions):
-    """How the least-squares map is fitted (both ReplaceMe methods)."""
-
-    title: ClassVar[str] = "replaceme-lstsq / replaceme-cosine (ReplaceMe)"
-    alpha: float = Field(0.0, ge=0.0, description="ridge penalty of the least-squares map")
-    fit_weighting: Literal[FIT_WEIGHTINGS] = Field(  # type: ignore[valid-type]
-        "none", description="least-squares token weights: none, or unit-target (1/||L_t||^2, so massive-activation "
-                            "tokens do not dominate)")
-    fit_memory_budget: float = Field(4.0, gt=0.0, description="GiB allowed for least-squares sums of every candidate "
-                                                              "cut in one pass; above it a second pass fits only the "
-                                                              "chosen cut")
-    allow_massive_cut: bool = Field(False, description="let ReplaceMe cut a block that creates massive activations "
-                                                       "(excluded by default: no linear map reproduces them)")
-
-
-class CosineSettings(ReplaceMeSettings):
-    """The cosine refinement of `replaceme-cosine`."""
-
-    title: ClassVar[str] = "replaceme-cosine"
-    cosine_epochs: int = Field(10, ge=1, description="Adam epochs over the kept token rows")
-    cosine_lr: float = Field(1e-4, gt=0.0, description="Adam learning rate")
-    cosine_batch_tokens: int = Field(1024, ge=1, description="token rows per Adam step")
-    cosine_tokens: int = Field(65536, ge=1, description="token rows kept for the cosine fit")
-    cosine_init: Literal["lstsq", "identity"] = Field("lstsq", description="start from the lstsq map or the identity")
-    cosine_objective: Literal["full", "residual"] = Field(
-        "full", description="full: cos(MT+Y, L); residual: cos(MT, L-Y) as the reference code")
+FOLD_NEEDS_A_BLOCK = "ReplaceMe folds its map into the block before a span"
 
 
 def solve_lstsq(gram: torch.Tensor, cross: torch.Tensor, alpha: float = 0.0) -> torch.Tensor:
@@ -108,13 +82,20 @@ def fit_cosine(rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor], init: torc
     return transform.detach().double()
 
 
+def fold_limit(adapter: ArchAdapter) -> str | None:
+    """Why a ReplaceMe map cannot be folded in this family (from its adapter entry), or None."""
+    if adapter.can_fold_linear:
+        return None
+    return (f"it normalises the MLP output ({adapter.mlp_post_norm}), so a ReplaceMe map cannot be folded into a "
+            "linear layer; use --method angular (drop only) or streamline-layer for this model")
+
+
 def fold_into_block(loaded: LoadedModel, block_index: int, transform: torch.Tensor) -> None:
     """Make block `block_index` output Y + M T by folding T into its MLP down-projection."""
     adapter = loaded.adapter
-    if not adapter.can_fold_linear:
-        raise UnsupportedArchitectureError(
-            f"{adapter.name} normalises the MLP output ({adapter.mlp_post_norm}), so a ReplaceMe map cannot be "
-            "folded into a linear layer; use --method angular (drop only) or streamline-layer for this model")
+    limit = fold_limit(adapter)
+    if limit:
+        raise UnsupportedArchitectureError(f"{family_name(loaded.model.config.model_type)}: {limit}")
     block = adapter.blocks(loaded.model)[block_index]
     fold_right_matrix(adapter.down_proj(block), transform)
 
@@ -134,9 +115,10 @@ def replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
     calibration = calibrate(loaded, windows, request.batch_size, cut=span_len,
                             fold_blocks=fold_blocks if one_pass else (), fit_weighting=settings.fit_weighting,
                             progress=request.progress)
-    protected = tuple(calibration.scan.massive_creators()) if not settings.allow_massive_cut else ()
-    starts = place_spans(loaded, calibration, request, min_start, gap=1, protected=protected)
-    transforms, details = {}, {"single_pass": one_pass, "protected_blocks": list(protected), "cuts": []}
+    massive = calibration.scan.massive_creators() if not settings.allow_massive_cut else []
+    guards = request.guards(loaded.num_layers, massive, first_needed=FOLD_NEEDS_A_BLOCK)
+    starts, protection = place_spans(loaded, calibration, request, guards, gap=1)
+    transforms, details = {}, {"single_pass": one_pass, **protection, "cuts": []}
     for start in starts:
         fold_block = start - 1
         rows = None
@@ -170,14 +152,14 @@ def replaceme(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
                         scores=span_summary(calibration, request.select, starts, span_len), details=details)
 
 
-@register("replaceme-lstsq", ReplaceMeSettings)
+@register("replaceme-lstsq", ReplaceMeSettings, family_limit=fold_limit)
 def replaceme_lstsq(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
                     settings: ReplaceMeSettings) -> PruneOutcome:
     """ReplaceMe with the closed-form (ridge) least-squares map."""
     return replaceme(loaded, windows, request, settings)
 
 
-@register("replaceme-cosine", CosineSettings)
+@register("replaceme-cosine", CosineSettings, family_limit=fold_limit)
 def replaceme_cosine(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest,
                      settings: CosineSettings) -> PruneOutcome:
     """ReplaceMe with the map refined by the cosine objective (Adam, from the LS solution by default)."""

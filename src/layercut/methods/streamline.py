@@ -7,8 +7,9 @@ trained with MSE to map X_k to X_{k+n}:
 
 - "layer": a copy of block k (the model's own decoder-layer class), called with the
   arguments the model itself passed to block k (position embeddings, masks) captured by a hook;
-- "ffn": block k's MLP with its pre-norm, x + MLP(norm(x)). It is exported as block k with a
-  zeroed attention output projection, so plain `transformers` loads the result.
+- "ffn": block k's MLP with the norms around it, x + MLP(norm(x)) (x + post(MLP(norm(x))) in
+  Gemma 2/3). It is exported as block k with a zeroed attention output projection, so plain
+  `transformers` loads the result.
 
 An optional second stage fine-tunes the replacement with the next-token loss.
 """
@@ -21,59 +22,39 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from layercut.adapters import get_path
+from layercut.adapters import ArchAdapter, family_name, get_path
 from layercut.calibration.capture import calibrate, first_tensor, forward_blocks
-from layercut.calibration.scores import redundancy
-from layercut.calibration.selection import choose_spans
-from layercut.errors import ConfigError, UnsupportedArchitectureError
+from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
-from layercut.methods.base import MethodOptions, PruneOutcome, PruneRequest, register
+from layercut.methods.base import PruneOutcome, PruneRequest, register
+from layercut.methods.settings import StreamlineSettings
+from layercut.methods.protection import check_forced_span, protection_details
+from layercut.methods.spans import place_spans, span_summary
 from layercut.surgery import remove_blocks
 
 KINDS = ("layer", "ffn")
 FFN_GROUP_STEPS = 16  # FFN steps drawn from one group of windows read from the store
 
 
-class StreamlineSettings(MethodOptions):
-    """Training settings. `train_samples` caps the calibration windows used (0 = all); a tenth of
-    them (at least one) is held out for early stopping after `patience` epochs without improvement.
-    Hidden states above `memory_gib` go to a memory-mapped file instead of RAM."""
-
-    title: ClassVar[str] = "streamline-layer / streamline-ffn (LLM-Streamline)"
-    train_samples: int = Field(0, ge=0, description="calibration windows used to train the replacement, a tenth "
-                                                    "held out (0 = all)")
-    epochs: int = Field(5, ge=1, description="training epochs")
-    lr: float = Field(2e-4, gt=0.0, description="AdamW learning rate")
-    train_batch_tokens: int = Field(2048, ge=1, description="tokens per training step")
-    patience: int = Field(2, ge=1, description="stop after this many epochs without held-out improvement")
-    lm_loss_steps: int = Field(0, ge=0, description="second stage: steps of next-token loss on the replacement only "
-                                                    "(0 = off)")
-    lm_loss_lr: float = Field(1e-5, gt=0.0, description="learning rate of the LM-loss stage")
-    memory_gib: float = Field(2.0, ge=0.0, alias="streamline_memory",
-                              description="GiB of captured hidden states kept in RAM; above it they go to a "
-                                          "memory-mapped temp file (0 = always)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
-
-
 class FFNReplacement(nn.Module):
-    """x + MLP(norm(x)): an MLP of the model's own class with its pre-norm, as one residual step."""
+    """x + MLP(norm(x)), or x + post_norm(MLP(norm(x))) in families that normalise the MLP output
+    (Gemma 2/3): an MLP of the model's own class with the norms that wrap it, as one residual step."""
 
-    def __init__(self, norm: nn.Module, mlp: nn.Module) -> None:
+    def __init__(self, norm: nn.Module, mlp: nn.Module, post_norm: nn.Module | None = None) -> None:
         super().__init__()
         self.norm = norm
         self.mlp = mlp
+        self.post_norm = post_norm
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden + first_tensor(self.mlp(self.norm(hidden)))
+        branch = first_tensor(self.mlp(self.norm(hidden)))
+        return hidden + (branch if self.post_norm is None else self.post_norm(branch))
 
 
 class HiddenStore:
@@ -173,12 +154,9 @@ def build_replacement(loaded: LoadedModel, start: int, kind: str) -> nn.Module:
     if kind == "layer":
         module = copy.deepcopy(block)
     else:
-        if adapter.mlp_post_norm is not None:
-            raise UnsupportedArchitectureError(
-                f"{adapter.name} normalises the MLP output ({adapter.mlp_post_norm}), so an FFN replacement cannot "
-                "be exported as a plain decoder layer; use --method streamline-layer for this model")
-        module = FFNReplacement(copy.deepcopy(get_path(block, adapter.post_attn_norm)),
-                                copy.deepcopy(adapter.mlp_module(block)))
+        post_norm = None if adapter.mlp_post_norm is None else copy.deepcopy(get_path(block, adapter.mlp_post_norm))
+        module = FFNReplacement(copy.deepcopy(get_path(block, adapter.mlp_norm_path())),
+                                copy.deepcopy(adapter.mlp_module(block)), post_norm)
     return module.float().eval()  # eval: no dropout while regressing hidden states
 
 
@@ -289,7 +267,9 @@ def install_replacement(loaded: LoadedModel, start: int, span_len: int, module: 
     """Write the trained module into block `start` and delete blocks start+1 .. start+span_len-1.
 
     For "ffn", block `start` keeps its attention but its output projection (weight and bias) is
-    zeroed, so the block computes x + MLP(norm(x)): a plain decoder layer of the model's class.
+    zeroed, so the block computes x + MLP(norm(x)) (with the post-MLP norm where the family has
+    one): a plain decoder layer of the model's class. A norm after the attention (Gemma's
+    post_attention_layernorm, an RMSNorm) maps the zero attention output to zero.
     """
     adapter = loaded.adapter
     block = adapter.blocks(loaded.model)[start]
@@ -297,8 +277,10 @@ def install_replacement(loaded: LoadedModel, start: int, span_len: int, module: 
         if kind == "layer":
             block.load_state_dict(module.state_dict())
         else:
-            get_path(block, adapter.post_attn_norm).load_state_dict(module.norm.state_dict())
+            get_path(block, adapter.mlp_norm_path()).load_state_dict(module.norm.state_dict())
             adapter.mlp_module(block).load_state_dict(module.mlp.state_dict())
+            if module.post_norm is not None:
+                get_path(block, adapter.mlp_post_norm).load_state_dict(module.post_norm.state_dict())
             out_proj = adapter.attn_out_proj(block)
             for param in (out_proj.weight, getattr(out_proj, "bias", None)):
                 if param is not None:
@@ -312,7 +294,9 @@ def replacement_parameters(loaded: LoadedModel, block_index: int, kind: str) -> 
     block = adapter.blocks(loaded.model)[block_index]
     if kind == "layer":
         return list(block.parameters())
-    return [*get_path(block, adapter.post_attn_norm).parameters(), *adapter.mlp_module(block).parameters()]
+    norms = [adapter.mlp_norm_path()] + ([adapter.mlp_post_norm] if adapter.mlp_post_norm else [])
+    return [param for path in norms for param in get_path(block, path).parameters()] + \
+        list(adapter.mlp_module(block).parameters())
 
 
 def lm_loss_stage(loaded: LoadedModel, windows: torch.Tensor, block_index: int, kind: str,
@@ -345,19 +329,19 @@ def lm_loss_stage(loaded: LoadedModel, windows: torch.Tensor, block_index: int, 
     return losses
 
 
-def choose_span(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> tuple[int, dict[str, Any]]:
-    """The span start: `request.start`, else the most redundant span of `request.cut` blocks by `request.select`."""
+def choose_span(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
+                ) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """The span start (`request.start`, else the most redundant span of `request.cut` blocks by
+    `request.select` that covers no protected block), the scores behind it and the protection record."""
+    if request.num_cuts != 1:
+        raise ConfigError("streamline replaces one span; drop --num-cuts")
+    guards = request.guards(loaded.num_layers)
     if request.start is not None:
-        return request.start, {}
+        check_forced_span(request.start, request.cut, guards)
+        return request.start, {}, protection_details(guards)
     calibration = calibrate(loaded, windows, request.batch_size, progress=request.progress)
-    min_start = 0 if request.min_start is None else request.min_start
-    start = choose_spans(redundancy(calibration.scan, request.select), request.cut, 1, min_start)[0]
-    scan = calibration.scan
-    return start, {"select": request.select, "calibration_tokens": int(scan.tokens),
-                   "chosen": [{"start": start, "blocks": f"{start}..{start + request.cut - 1}",
-                               "cosine": float(scan.span_cosine()[start, request.cut]),
-                               "angular": float(scan.span_angular()[start, request.cut])}],
-                   "span_scores": redundancy(scan, request.select).abs().tolist()}
+    starts, protection = place_spans(loaded, calibration, request, guards)
+    return starts[0], span_summary(calibration, request.select, starts, request.cut), protection
 
 
 def streamline(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest, settings: StreamlineSettings,
@@ -369,7 +353,7 @@ def streamline(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
         raise ConfigError("streamline trains a replacement in memory; drop --offload layers")
     torch.manual_seed(request.seed)
     span_len = request.cut
-    start, scores = choose_span(loaded, windows, request)
+    start, scores, protection = choose_span(loaded, windows, request)
     train_windows = windows[:settings.train_samples] if settings.train_samples else windows
     module = build_replacement(loaded, start, kind).to(loaded.device)
     call = capture_block_call(loaded, train_windows, start) if kind == "layer" else None
@@ -383,7 +367,7 @@ def streamline(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest
     if settings.lm_loss_steps:
         history["lm_loss"] = lm_loss_stage(loaded, train_windows, start, kind, settings, request.seed,
                                            request.progress)
-    details = {"streamline": {"kind": kind, "replaced_blocks": list(range(start, start + span_len)),
+    details = {**protection, "streamline": {"kind": kind, "replaced_blocks": list(range(start, start + span_len)),
                               "replacement_block": start, "settings": settings.to_dict(), **history}}
     return PruneOutcome(request.method, removed, [start], span_len, scores=scores, details=details)
 

@@ -22,8 +22,8 @@ from layercut.calibration.selection import lowest_scores
 from layercut.errors import ConfigError
 from layercut.loading import LoadedModel
 from layercut.methods.base import PruneOutcome, PruneRequest
+from layercut.methods.protection import protection_details
 
-GRANULARITIES = ("block", "attn", "mlp")
 SUBLAYER_PARTS = ("attn", "mlp")
 
 
@@ -114,7 +114,7 @@ def removed_sublayers(loaded: LoadedModel, part: str) -> list[int]:
 
 def prune_sublayers(loaded: LoadedModel, windows: torch.Tensor, request: PruneRequest) -> dict[str, Any]:
     """Score the halves named by `request.granularity` and zero the `request.cut` most redundant ones
-    (not necessarily contiguous; blocks before `request.min_start` are kept). Returns the record."""
+    (not necessarily contiguous; protected blocks are kept: `PruneRequest.guards`). Returns the record."""
     part = request.granularity
     if part not in SUBLAYER_PARTS:
         raise ConfigError(f"unknown --granularity '{part}'; use block, attn or mlp")
@@ -123,12 +123,13 @@ def prune_sublayers(loaded: LoadedModel, windows: torch.Tensor, request: PruneRe
         raise ConfigError(f"--cut {request.cut} is more {part} sublayers than the model's {num_layers} blocks")
     stats = scan_sublayers(loaded, windows, request.batch_size, progress=request.progress)
     scores = sublayer_scores(stats, part, request.select)
-    keep = tuple(range(request.min_start or 0))
-    chosen = lowest_scores(scores, request.cut, keep=keep)
+    guards = request.guards(num_layers)
+    chosen = lowest_scores(scores, request.cut, keep=tuple(guards))
     if len(chosen) < request.cut:
-        raise ConfigError(f"only {len(chosen)} {part} sublayers start at --min-start {request.min_start}; lower it")
+        raise ConfigError(f"only {len(chosen)} {part} sublayers are not protected (blocks {sorted(guards)}); "
+                          "lower --cut or --min-start, or pass --allow-last")
     zero_sublayers(loaded, chosen, part)
-    return {"granularity": part, "removed_sublayers": chosen,
+    return {"granularity": part, "removed_sublayers": chosen, **protection_details(guards),
             "sublayer_scores": {p: {"angular": stats.angular(p).tolist(), "cosine": stats.cosine(p).tolist()}
                                 for p in SUBLAYER_PARTS},
             "calibration_tokens": int(stats.tokens)}
