@@ -242,3 +242,20 @@ def test_prune_chop_with_heal_steps(tiny_model_dir, small_text, tmp_path, monkey
     assert step["result"]["removed_blocks"] == chop_layers(6, 2) == [2, 3]
     assert step["heal"]["method"] == "layerchop-full" and step["heal"]["params"]["steps"] == 2
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4
+
+
+def test_several_training_texts_are_mixed(small_text, held_out, tmp_path):
+    from layercut.healing.trainer import training_windows
+
+    tokenizer = tiny_loaded("llama").tokenizer
+    one = training_windows(tokenizer, quick_config(small_text))
+    both = training_windows(tokenizer, build_config(data=[str(small_text), str(held_out)], steps=1, seq_len=32))
+    other = training_windows(tokenizer, quick_config(held_out))
+    assert torch.equal(both, torch.cat([one, other]))
+
+
+def test_max_seconds_stops_training_and_replans_the_schedule(small_text, monkeypatch):
+    clock = iter(float(t) for t in range(0, 1000))
+    monkeypatch.setattr(heal_module.time, "perf_counter", lambda: next(clock))  # every step takes 1 s
+    result = heal(tiny_loaded("llama"), quick_config(small_text, steps=100, max_seconds=6.5))
+    assert result.steps == result.total_steps == 6

@@ -147,3 +147,16 @@ steps:
     assert "```yaml\n" + recipe_text.rstrip() in (work / "final" / "README.md").read_text()
     assert (work / "model.gguf").read_bytes()[:4] == b"GGUF" and (work / "eval.json").is_file()
     assert main(["run", str(path)]) == 2  # outputs exist: refused before any step runs
+
+
+def test_work_dir_placeholder_follows_the_work_dir_flag(tmp_path: Path, capsys):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model: smollm2-135m\nwork_dir: runs/a\nsteps:\n  - heal: {data: [a.txt, b.txt], steps: 2, max_minutes: 1.5}\n"
+                    "  - eval: {ppl: builtin:pydoc-eval, json: '{work_dir}/eval.json'}\n")
+    recipe, steps = load_recipe(path)
+    planned = plan(recipe, steps, path)
+    assert planned[0].argv.count("--data") == 2 and planned[0].argv[-2:] == ["--out", "runs/a/01-heal"]
+    assert planned[1].outputs == ["runs/a/eval.json"]
+    assert main(["run", str(path), "--work-dir", str(tmp_path / "b"), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert f"--json {tmp_path / 'b'}/eval.json" in printed and "runs/a" not in printed

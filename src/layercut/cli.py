@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "layercut.commands.run",
     "layercut.commands.bench",
     "layercut.commands.compare",
+    "layercut.commands.shrink",
 )
 
 

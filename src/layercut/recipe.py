@@ -12,7 +12,7 @@ A recipe names the model (required) and seed once, then lists steps; each step i
       - export: {out: runs/replaceme/final, gguf: runs/replaceme/model.gguf}
 
 Every step works on the model the previous model-writing step (prune, slim, heal) produced; those
-write to `out`, by default `work_dir/NN-step`. Each step model is a pydantic model that forbids
+write to `out`, by default `work_dir/NN-step`; "{work_dir}" in any value stands for `work_dir`. Each step model is a pydantic model that forbids
 unknown keys, and an error names the file and line; the keys of a method's own options (prune,
 slim) come from its `MethodOptions` declaration, so the recipe schema and the CLI never disagree.
 `plan` turns a validated recipe into the argument lists of the commands, so a recipe runs exactly
@@ -142,7 +142,8 @@ SlimStep = create_model("SlimStep", __base__=SlimFields, __module__=__name__,
 class HealStep(Step):
     command: ClassVar[str] = "heal"
     writes_model: ClassVar[bool] = True
-    data: str
+    data: str | list[str]
+    max_minutes: PositiveFloat | None = None
     text_field: str | None = None
     seq_len: int | None = Field(None, ge=2)
     ppl: str | None = None
@@ -367,6 +368,19 @@ def _flags(values: dict[str, Any]) -> list[str]:
     return argv
 
 
+WORK_DIR_MARK = "{work_dir}"
+
+
+def with_work_dir(value: Any, work_dir: str) -> Any:
+    """`value` with every "{work_dir}" in its strings replaced, so a recipe keeps all its outputs
+    under one directory that `layercut run --work-dir` can move."""
+    if isinstance(value, str):
+        return value.replace(WORK_DIR_MARK, work_dir)
+    if isinstance(value, list):
+        return [with_work_dir(item, work_dir) for item in value]
+    return value
+
+
 def plan(recipe: Recipe, steps: list[Step], recipe_path: str | Path) -> list[PlannedStep]:
     """The command argument lists of a recipe, with the model flowing from step to step."""
     shared = {"seed": recipe.seed, "dtype": recipe.dtype, "device": recipe.device, "device_map": recipe.device_map,
@@ -374,7 +388,8 @@ def plan(recipe: Recipe, steps: list[Step], recipe_path: str | Path) -> list[Pla
     current = recipe.model
     planned = []
     for number, step in enumerate(steps, start=1):
-        values = step.model_dump(by_alias=True, exclude_none=True)
+        values = {key: with_work_dir(value, recipe.work_dir)
+                  for key, value in step.model_dump(by_alias=True, exclude_none=True).items()}
         values["overwrite"] = recipe.overwrite if step.overwrite is None else step.overwrite
         if step.writes_model and "out" not in values:
             values["out"] = str(Path(recipe.work_dir) / f"{number:02d}-{step.command}")

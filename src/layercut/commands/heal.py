@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_args(parser)
     parser.set_defaults(dtype="float32")
     data = parser.add_argument_group("data")
-    data.add_argument("--data", required=True, help="training text: .txt, .jsonl, builtin:pydoc-calib or hf:NAME[:CONFIG][:SPLIT]")
+    data.add_argument("--data", required=True, action="append",
+                      help="training text: .txt, .jsonl, builtin:pydoc-calib or hf:NAME[:CONFIG][:SPLIT]; repeat the "
+                           "flag to train on a mix of several texts")
     data.add_argument("--text-field", default="text", help="JSONL / dataset field holding the text")
     data.add_argument("--seq-len", type=int, default=256, help="tokens per packed window (default: %(default)s)")
     data.add_argument("--ppl", default=None, help="held-out text for perplexity before, during and after training")
@@ -26,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--mode", choices=("full", "lora"), default="full", help="train all weights or LoRA (merged at export)")
     train.add_argument("--steps", type=int, default=None, help="optimizer steps")
     train.add_argument("--tokens", type=int, default=None, help="token budget; with --steps, whichever ends first")
+    train.add_argument("--max-minutes", type=float, default=None,
+                       help="stop training after this many minutes; the schedule is re-planned from the speed of "
+                            "the first steps so it still decays in time")
     train.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-4 full, 1e-3 lora)")
     train.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor as a fraction of --lr")
     train.add_argument("--warmup", type=int, default=10, help="linear warmup steps (default: %(default)s)")
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume:
         ensure_output_free(args.out, args.overwrite)
     config = build_config(
-        data=args.data, text_field=args.text_field, mode=args.mode, steps=args.steps, tokens=args.tokens,
+        data=args.data[0] if len(args.data) == 1 else args.data, text_field=args.text_field, mode=args.mode, steps=args.steps, tokens=args.tokens,
         lr=args.lr,
         min_lr_ratio=args.min_lr_ratio, warmup=args.warmup, weight_decay=args.weight_decay,
         batch_size=args.batch_size, grad_accum=args.grad_accum, seq_len=args.seq_len,
@@ -68,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         lora_dropout=args.lora_dropout, teacher=args.teacher, kd_weight=args.kd_weight,
         kd_temperature=args.kd_temperature, teacher_device=args.teacher_device, ppl=args.ppl,
         ppl_max_tokens=args.ppl_max_tokens, eval_every=args.eval_every, save_every=args.save_every,
-        work_dir=args.out, resume=args.resume, seed=args.seed, precision=args.precision,
+        work_dir=args.out, resume=args.resume, seed=args.seed,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None, precision=args.precision,
         progress=not args.no_progress)
     check_output_room(args, peek_from_args(args), args.out)
     loaded = load_from_args(args)

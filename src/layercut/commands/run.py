@@ -13,6 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="run a YAML recipe: scan -> prune -> slim -> heal -> eval -> export",
                                    description=__doc__)
     parser.add_argument("recipe", help="recipe file (YAML)")
+    parser.add_argument("--work-dir", default=None,
+                        help="run with this work_dir instead of the recipe's (every {work_dir} follows it)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the commands without running them")
     parser.set_defaults(run=run)
 
@@ -26,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
         raise RecipeError("recipes run in one process (heal, slim and export are not data-parallel); "
                           "use torchrun with layercut prune or layercut scan")
     recipe, steps = load_recipe(args.recipe)
+    if args.work_dir:
+        recipe.work_dir = args.work_dir
     planned = plan(recipe, steps, args.recipe)
     if args.dry_run:
         for step in planned:

@@ -35,6 +35,7 @@ from layercut.loading import LoadedModel, load_model
 
 CURVE_FILE = "loss_curve.png"
 DEFAULT_LR = {"full": 1e-4, "lora": 1e-3}
+TIME_PROBE_STEPS = 3  # with max_seconds, the schedule is re-planned from the speed of the first steps
 
 
 class NonFiniteLossError(LayercutError):
@@ -46,7 +47,7 @@ class HealConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str
+    data: str | list[str]
     text_field: str = "text"
     mode: Literal["full", "lora"] = "full"
     steps: int | None = Field(None, ge=1)
@@ -72,6 +73,7 @@ class HealConfig(BaseModel):
     save_every: int = Field(0, ge=0)
     work_dir: str | None = None
     resume: str | None = None
+    max_seconds: float | None = Field(None, gt=0)
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     progress: bool = True
@@ -125,17 +127,37 @@ class HealResult:
         return asdict(self)
 
 
+def training_sources(config: HealConfig) -> list[str]:
+    """The training text sources: one, or several whose windows are mixed."""
+    return [config.data] if isinstance(config.data, str) else list(config.data)
+
+
 def training_windows(tokenizer: Any, config: HealConfig) -> torch.Tensor:
-    """Packed windows [N, seq_len] of the training text; at least one whole batch is required."""
-    ids = tokenize_text(tokenizer, read_text(config.data, config.text_field))
-    windows = split_windows(ids, config.seq_len, bos_id(tokenizer))
-    if windows.shape[0] == 0:
-        raise DataError(f"training data '{config.data}' has {ids.numel()} tokens, fewer than one window of "
-                        f"{config.seq_len}; lower --seq-len or give more text")
+    """Packed windows [N, seq_len] of the training text (every source's windows, concatenated; the
+    seeded batch order mixes them); at least one whole batch is required."""
+    parts = []
+    for source in training_sources(config):
+        ids = tokenize_text(tokenizer, read_text(source, config.text_field))
+        windows = split_windows(ids, config.seq_len, bos_id(tokenizer))
+        if windows.shape[0] == 0:
+            raise DataError(f"training data '{source}' has {ids.numel()} tokens, fewer than one window of "
+                            f"{config.seq_len}; lower --seq-len or give more text")
+        parts.append(windows)
+    windows = torch.cat(parts)
     if windows.shape[0] < config.batch_size:
         raise DataError(f"training data '{config.data}' gives {windows.shape[0]} windows of {config.seq_len} tokens, "
                         f"fewer than one batch of {config.batch_size}; lower --batch-size or --seq-len")
     return windows
+
+
+def time_limited_steps(total: int, done: int, seconds: float, max_seconds: float | None) -> int:
+    """The planned step count once `done` steps took `seconds`: unchanged without a time limit, else
+    cut to the steps the remaining time allows at the rate so far (at least one more step), so the
+    learning-rate schedule still ends at its floor when the time runs out."""
+    if max_seconds is None or done == 0 or seconds <= 0:
+        return total
+    affordable = done + int((max_seconds - seconds) / (seconds / done))
+    return max(done + 1, min(total, affordable))
 
 
 def held_out_windows(tokenizer: Any, config: HealConfig) -> torch.Tensor | None:
@@ -297,6 +319,8 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
     if resumed is not None:
         log = load_training_checkpoint(Path(config.resume), model, optimizer, scaler)
         step, seconds, checkpoint = int(resumed["step"]), float(resumed["train_seconds"]), config.resume
+        if config.max_seconds:  # the schedule re-planned for the time limit before the interruption
+            total = run.total_steps = int(resumed["total_steps"])
     if work_dir is not None:
         write_jsonl(work_dir / LOG_FILE, log)
 
@@ -312,7 +336,7 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
     boundary_rng = rng_states()
     bar = tqdm(total=total, initial=step, desc=f"heal ({config.mode})", unit="step", disable=not config.progress)
     try:
-        while step < total:
+        while step < total and not (config.max_seconds and seconds >= config.max_seconds):
             started = time.perf_counter()
             try:
                 record = train_step(run, step)
@@ -322,6 +346,9 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
                                          "or check the data") from None
             seconds += time.perf_counter() - started
             step += 1
+            if step == TIME_PROBE_STEPS and resumed is None:
+                total = run.total_steps = time_limited_steps(total, step, seconds, config.max_seconds)
+                bar.total = total
             boundary_rng = rng_states()
             record = {"step": step, **record, "tokens": step * config.tokens_per_step, "seconds": round(seconds, 3)}
             log.append(record)
