@@ -21,7 +21,7 @@ from layercut.shrink import (Candidate, ModelSizes, ShrinkConfig, Target, apply_
 from layercut.shrink_report import REPORT_MD, REPORT_PNG, rank_agreement
 from layercut.speed import compute_profile, ideal_speedups
 from layercut.surgery import remove_blocks
-from tests.conftest import tiny_loaded
+from tests.conftest import random_windows, tiny_loaded
 
 
 def test_cut_for_each_target_is_the_fewest_blocks_that_reach_it():
@@ -191,3 +191,14 @@ def test_cli_bad_targets_are_one_line_errors(tiny_dir, tmp_path, capsys, monkeyp
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("layercut: error:") and words in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_post_norm_families_get_drop_candidates_only():
+    """Shrink's one-pass residual predicts a plain down_proj fold, which Gemma 2/3 cannot take."""
+    from layercut.shrink import candidate_methods, score_candidates
+
+    loaded = tiny_loaded("gemma3", num_layers=6)
+    assert candidate_methods(loaded) == ("drop",)
+    candidates, _ = score_candidates(loaded, random_windows(4, 16), 2, progress=False)
+    assert candidates and {candidate.method for candidate in candidates} == {"drop"}
+    assert "replaceme-lstsq" in candidate_methods(tiny_loaded("llama"))

@@ -166,11 +166,19 @@ def score_candidates(loaded: LoadedModel, windows: torch.Tensor, cut: int, batch
     candidates = []
     for start in starts:
         residuals = relative_residuals(calibration.fits[start - 1])
-        for method in METHODS:
+        for method in candidate_methods(loaded):
             if method == "replaceme-lstsq" and massive & set(range(start, start + cut)):
                 continue
             candidates.append(Candidate(method, start, cut, params, residuals[method]))
     return sorted(candidates, key=lambda c: c.predicted), calibration.fits
+
+
+def candidate_methods(loaded: LoadedModel) -> tuple[str, ...]:
+    """The methods shrink scores on this model: its one-pass residual predicts a map folded into
+    `down_proj`, which is the ReplaceMe fit only where the MLP output is not normalised; families
+    with a post-MLP norm (Gemma 2/3) get plain drops (`layercut prune --method replaceme-lstsq` fits
+    through their norm)."""
+    return METHODS if loaded.adapter.can_fold_linear else ("drop",)
 
 
 def to_check(candidates: list[Candidate], top: int) -> list[Candidate]:
@@ -188,6 +196,9 @@ def apply_candidate(loaded: LoadedModel, candidate: Candidate, fits: dict[int, L
     """Cut `candidate` from `loaded` in place; ReplaceMe folds its least-squares map into the block
     before the span, from `fits` or (after a resume) from a pass over `windows` that stops after the span."""
     if candidate.method == "replaceme-lstsq":
+        if candidate.method not in candidate_methods(loaded):
+            raise ConfigError(f"shrink cannot fold a ReplaceMe map into a {loaded.model.config.model_type} block "
+                              "(its MLP output is normalised); use layercut prune --method replaceme-lstsq")
         fold_block = candidate.start - 1
         stats = fits.get(fold_block) or collect_fit(loaded, windows, fold_block, candidate.cut, batch_size,
                                                     progress=progress)[0]
