@@ -15,7 +15,7 @@ from layercut.calibration.capture import LinearFitStats
 from layercut.errors import ConfigError
 from layercut.export import count_parameters
 from layercut.loading import load_model
-from layercut.shrink import (Candidate, ModelSizes, ShrinkConfig, Target, apply_candidate, copy_loaded,
+from layercut.shrink import (ModelSizes, ShrinkConfig, Target, apply_candidate, copy_loaded,
                              cut_for_target, model_sizes, predicted_decode_speedup,
                              relative_residuals, score_candidates, shrink, split_calibration, windows_perplexity)
 from layercut.shrink_report import REPORT_MD, REPORT_PNG, rank_agreement

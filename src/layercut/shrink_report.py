@@ -43,7 +43,7 @@ def render_markdown(state: dict[str, Any]) -> str:
              f"- target: {target['kind']} = {target['value']:g}; {state['cut']} of {dense.get('layers')} blocks cut",
              f"- calibration: {settings['samples']} windows x {settings['seq_len']} tokens of `{settings['calib']}`; "
              f"held-out check: {settings['heldout']} other windows of the same text",
-             f"- predicted quality: relative residual ||M T + Y - L||^2 / ||L||^2 of the span output "
+             "- predicted quality: relative residual ||M T + Y - L||^2 / ||L||^2 of the span output "
              "(T = I for a plain drop, the least-squares map for ReplaceMe)", "",
              "## Candidates checked on held-out text", "",
              "| candidate | predicted residual | held-out ppl | x dense |", "|---|---:|---:|---:|"]
