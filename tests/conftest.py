@@ -133,3 +133,19 @@ def save_tiny(directory: Path, family: str = "llama", num_layers: int = 6) -> Pa
 @pytest.fixture
 def tiny_dir(tmp_path: Path) -> Path:
     return save_tiny(tmp_path / "tiny-llama")
+
+
+def assert_saved_reload_matches(loaded: LoadedModel, directory: Path, windows: torch.Tensor, layers: int,
+                                method: str) -> None:
+    """Save `loaded` as a layercut checkpoint, reload it with plain transformers, and check it has
+    `layers` decoder layers and the same logits on the first two windows."""
+    from transformers import AutoModelForCausalLM
+
+    from layercut.export import save_checkpoint
+
+    out = save_checkpoint(loaded, directory, {"command": "prune", "method": method})
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
+    assert reloaded.config.num_hidden_layers == layers
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(windows[:2]).logits, loaded.model(windows[:2]).logits,
+                                   rtol=1e-4, atol=1e-4)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_windows, tiny_loaded
-from layercut.export import save_checkpoint
+from conftest import assert_saved_reload_matches, random_windows, tiny_loaded
 from layercut.methods.base import PruneRequest, resolve_options
 from layercut.methods.streamline import (StreamlineSettings, apply_replacement, build_replacement, capture_block_call,
                                          hidden_store, install_replacement)
@@ -76,17 +75,11 @@ def test_installed_layer_is_called_like_in_training(family):
 
 @pytest.mark.parametrize("method", ["streamline-ffn", "streamline-layer"])
 def test_reload_with_plain_transformers_gives_same_logits(tmp_path, method):
-    from transformers import AutoModelForCausalLM
 
     loaded = tiny_loaded("qwen2")
     windows = random_windows(10, 16)
     prune(loaded, windows, _request(method, epochs=1))
-    out = save_checkpoint(loaded, tmp_path / "out", {"command": "prune", "method": method})
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
-    assert reloaded.config.num_hidden_layers == 4
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(windows[:2]).logits, loaded.model(windows[:2]).logits,
-                                   rtol=1e-4, atol=1e-4)
+    assert_saved_reload_matches(loaded, tmp_path / "out", windows, 4, method)
 
 
 def test_same_seed_same_model_and_disk_store_matches_memory():
@@ -165,17 +158,11 @@ def test_zero_attention_output_is_zero_through_post_attention_norm(family):
 
 @pytest.mark.parametrize("family", ["gemma2", "gemma3"])
 def test_post_norm_ffn_reloads_with_same_logits(tmp_path, family):
-    from transformers import AutoModelForCausalLM
 
     loaded = tiny_loaded(family)
     windows = random_windows(10, 16)
     prune(loaded, windows, _request("streamline-ffn", epochs=2, lr=2e-3))
-    out = save_checkpoint(loaded, tmp_path / "out", {"command": "prune", "method": "streamline-ffn"})
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
-    assert reloaded.config.num_hidden_layers == 4
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(windows[:2]).logits, loaded.model(windows[:2]).logits,
-                                   rtol=1e-4, atol=1e-4)
+    assert_saved_reload_matches(loaded, tmp_path / "out", windows, 4, "streamline-ffn")
 
 
 @pytest.mark.parametrize("method,module", [("streamline-ffn", "FFN"), ("streamline-layer", "decoder layer")])
