@@ -21,6 +21,20 @@ def test_windows_are_deterministic_and_non_overlapping(text_file):
     assert all(any(torch.equal(w, row) for row in all_windows) for w in a)
 
 
+def test_a_mix_of_sources_shares_the_samples_evenly(text_file, tmp_path):
+    tokenizer = make_tokenizer()
+    other = tmp_path / "other.txt"
+    other.write_text(" ".join(f"word{i % 97} thing{i % 13}" for i in range(4000)))
+    mixed = calibration_windows(tokenizer, [str(text_file), str(other)], 7, 32, seed=3)
+    first = calibration_windows(tokenizer, str(text_file), 4, 32, seed=3)
+    second = calibration_windows(tokenizer, str(other), 3, 32, seed=3)
+    assert torch.equal(mixed, torch.cat([first, second]))
+    assert torch.equal(calibration_windows(tokenizer, [str(text_file)], 5, 32), calibration_windows(
+        tokenizer, str(text_file), 5, 32))
+    with pytest.raises(DataError, match="--samples 1 is fewer than the 2 calibration sources"):
+        calibration_windows(tokenizer, [str(text_file), str(other)], 1, 32)
+
+
 def test_bos_windows():
     windows = split_windows(torch.arange(10, 30), 5, bos=0)
     assert windows.shape == (5, 5) and (windows[:, 0] == 0).all()

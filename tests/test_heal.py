@@ -259,3 +259,34 @@ def test_max_seconds_stops_training_and_replans_the_schedule(small_text, monkeyp
     monkeypatch.setattr(heal_module.time, "perf_counter", lambda: next(clock))  # every step takes 1 s
     result = heal(tiny_loaded("llama"), quick_config(small_text, steps=100, max_seconds=6.5))
     assert result.steps == result.total_steps == 6
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_train_from_auto_keeps_the_blocks_below_the_cut_and_the_embeddings(small_text, mode):
+    """With a teacher, `auto` finds the first block that differs (here block 2, changed on purpose) and
+    training leaves every weight below it, the embeddings and the LM head bit-identical."""
+    from layercut.healing.scope import first_changed_block
+
+    teacher = tiny_loaded("llama", num_layers=4)
+    loaded = copy.deepcopy(teacher)
+    blocks = loaded.adapter.blocks(loaded.model)
+    with torch.no_grad():
+        loaded.adapter.down_proj(blocks[2]).weight.mul_(0.5)
+    del blocks[3]
+    assert first_changed_block(loaded.model, teacher.model, loaded.adapter) == 2
+    before = copy.deepcopy(loaded.model)
+    result = heal(loaded, quick_config(small_text, mode=mode, steps=2, train_from="auto", kd_weight=0.5),
+                  teacher=teacher)
+    assert result.train_from == 2
+    old = dict(before.named_parameters())
+    changed = {name for name, p in loaded.model.named_parameters() if not torch.equal(p, old[name])}
+    assert changed and all(name.startswith("model.layers.2.") or name == "model.norm.weight" for name in changed)
+    if mode == "lora":
+        assert "model.norm.weight" not in changed
+
+
+def test_train_from_checks_its_value(small_text):
+    with pytest.raises(ConfigError, match="--train-from auto compares the model's blocks with the teacher's"):
+        heal(tiny_loaded("llama"), quick_config(small_text, train_from="auto"))
+    with pytest.raises(ConfigError, match="--train-from 9 is not a block of this 6-block model; use 0..5 or auto"):
+        heal(tiny_loaded("llama"), quick_config(small_text, train_from=9))

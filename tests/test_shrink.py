@@ -12,7 +12,7 @@ import layercut.healing.trainer as trainer
 import layercut.shrink as shrink_module
 from layercut import cli
 from layercut.calibration.capture import LinearFitStats
-from layercut.errors import ConfigError
+from layercut.errors import ConfigError, DataError
 from layercut.export import count_parameters
 from layercut.loading import load_model
 from layercut.shrink import (ModelSizes, ShrinkConfig, Target, apply_candidate, copy_loaded,
@@ -202,3 +202,18 @@ def test_post_norm_families_get_drop_candidates_only():
     candidates, _ = score_candidates(loaded, random_windows(4, 16), 2, progress=False)
     assert candidates and {candidate.method for candidate in candidates} == {"drop"}
     assert "replaceme-lstsq" in candidate_methods(tiny_loaded("llama"))
+
+
+def test_split_calibration_of_a_mix_keeps_each_source_s_share_disjoint(text_file, tmp_path):
+    from conftest import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    other = tmp_path / "other.txt"
+    other.write_text(" ".join(f"word{i % 97} thing{i % 13}" for i in range(4000)))
+    calib, heldout = split_calibration(tokenizer, [str(text_file), str(other)], 5, 3, 32, seed=2)
+    assert calib.shape == (5, 32) and heldout.shape == (3, 32)
+    assert not set(map(tuple, calib.tolist())) & set(map(tuple, heldout.tolist()))
+    alone = split_calibration(tokenizer, str(other), 2, 1, 32, seed=2)
+    assert torch.equal(calib[3:], alone[0]) and torch.equal(heldout[2:], alone[1])
+    with pytest.raises(DataError, match="--heldout 1 must each be at least the 2 calibration sources"):
+        split_calibration(tokenizer, [str(text_file), str(other)], 5, 1, 32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,21 +172,44 @@ def split_windows(ids: torch.Tensor, seq_len: int, bos: int | None) -> torch.Ten
     return windows
 
 
-def calibration_windows(tokenizer: Any, source: str, samples: int, seq_len: int, seed: int = 0,
+def as_sources(source: str | Sequence[str]) -> list[str]:
+    """One text source or several, as a list."""
+    return [source] if isinstance(source, str) else list(source)
+
+
+def share_evenly(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` counts that differ by at most one, the larger ones first."""
+    return [total // parts + (1 if index < total % parts else 0) for index in range(parts)]
+
+
+def source_windows(tokenizer: Any, source: str, seq_len: int, text_field: str = "text") -> torch.Tensor:
+    """Every non-overlapping window of `seq_len` tokens of one source (BOS first where the model wants it)."""
+    return split_windows(tokenize_source(tokenizer, source, text_field), seq_len, bos_id(tokenizer))
+
+
+def calibration_windows(tokenizer: Any, source: str | Sequence[str], samples: int, seq_len: int, seed: int = 0,
                         text_field: str = "text") -> torch.Tensor:
     """`samples` windows of `seq_len` tokens, shape [samples, seq_len].
 
     Windows are non-overlapping; when the text holds more than needed, a seeded random subset
-    is taken (kept in text order), so the same seed always gives the same windows.
+    is taken (kept in text order), so the same seed always gives the same windows. Several
+    sources share the samples evenly (a mix: a cut calibrated on one domain can lose another).
     """
     if samples < 1 or seq_len < 2:
         raise DataError("--samples must be >= 1 and --seq-len >= 2")
-    windows = split_windows(tokenize_source(tokenizer, source, text_field), seq_len, bos_id(tokenizer))
-    if windows.shape[0] < samples:
-        raise DataError(f"'{source}' gives only {windows.shape[0]} windows of {seq_len} tokens but "
-                        f"{samples} were asked; lower --samples or --seq-len, or give more text")
-    if windows.shape[0] > samples:
-        generator = torch.Generator().manual_seed(seed)
-        chosen = torch.randperm(windows.shape[0], generator=generator)[:samples].sort().values
-        windows = windows[chosen]
-    return windows
+    sources = as_sources(source)
+    if samples < len(sources):
+        raise DataError(f"--samples {samples} is fewer than the {len(sources)} calibration sources; "
+                        "raise --samples or give fewer --calib sources")
+    parts = []
+    for name, count in zip(sources, share_evenly(samples, len(sources))):
+        windows = source_windows(tokenizer, name, seq_len, text_field)
+        if windows.shape[0] < count:
+            raise DataError(f"'{name}' gives only {windows.shape[0]} windows of {seq_len} tokens but "
+                            f"{count} were asked; lower --samples or --seq-len, or give more text")
+        if windows.shape[0] > count:
+            generator = torch.Generator().manual_seed(seed)
+            chosen = torch.randperm(windows.shape[0], generator=generator)[:count].sort().values
+            windows = windows[chosen]
+        parts.append(windows)
+    return torch.cat(parts)

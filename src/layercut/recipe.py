@@ -55,7 +55,7 @@ class Step(BaseModel):
 
 
 class CalibFields(Step):
-    calib: str | None = None
+    calib: str | list[str] | None = None
     text_field: str | None = None
     samples: PositiveInt | None = None
     seq_len: int | None = Field(None, ge=2)
@@ -162,6 +162,7 @@ class HealStep(Step):
     lora_rank: PositiveInt | None = None
     lora_alpha: PositiveFloat | None = None
     lora_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    train_from: NonNegativeInt | Literal["auto"] | None = None
     teacher: str | None = None
     kd_weight: float | None = Field(None, ge=0.0, le=1.0)
     kd_temperature: PositiveFloat | None = None

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 
 from layercut.calibration.capture import LinearFitStats, calibrate, collect_fit, fit_memory_bytes
-from layercut.data import bos_id, split_windows, tokenize_source
+from layercut.data import as_sources, share_evenly, source_windows
 from layercut.errors import ConfigError, DataError
 from layercut.evaluation.perplexity import window_nll
 from layercut.export import count_parameters, write_text_atomic
@@ -220,15 +220,25 @@ def windows_perplexity(loaded: LoadedModel, windows: torch.Tensor, batch_size: i
     return math.exp(nll / count)
 
 
-def split_calibration(tokenizer: Any, source: str, samples: int, heldout: int, seq_len: int, seed: int = 0
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Disjoint calibration and held-out windows of one text, drawn in a seeded random order."""
-    windows = split_windows(tokenize_source(tokenizer, source), seq_len, bos_id(tokenizer))
-    if windows.shape[0] < samples + heldout:
-        raise DataError(f"'{source}' gives only {windows.shape[0]} windows of {seq_len} tokens but --samples "
-                        f"{samples} + --heldout {heldout} were asked; lower them or --seq-len, or give more text")
-    order = torch.randperm(windows.shape[0], generator=torch.Generator().manual_seed(seed))
-    return windows[order[:samples].sort().values], windows[order[samples:samples + heldout].sort().values]
+def split_calibration(tokenizer: Any, source: str | list[str], samples: int, heldout: int, seq_len: int,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disjoint calibration and held-out windows of the text, drawn in a seeded random order; a mix of
+    several sources shares both counts evenly."""
+    sources = as_sources(source)
+    if min(samples, heldout) < len(sources):
+        raise DataError(f"--samples {samples} and --heldout {heldout} must each be at least the "
+                        f"{len(sources)} calibration sources; raise them or give fewer --calib sources")
+    calib, check = [], []
+    for name, n_calib, n_check in zip(sources, share_evenly(samples, len(sources)),
+                                      share_evenly(heldout, len(sources))):
+        windows = source_windows(tokenizer, name, seq_len)
+        if windows.shape[0] < n_calib + n_check:
+            raise DataError(f"'{name}' gives only {windows.shape[0]} windows of {seq_len} tokens but --samples "
+                            f"{n_calib} + --heldout {n_check} were asked; lower them or --seq-len, or give more text")
+        order = torch.randperm(windows.shape[0], generator=torch.Generator().manual_seed(seed))
+        calib.append(windows[order[:n_calib].sort().values])
+        check.append(windows[order[n_calib:n_calib + n_check].sort().values])
+    return torch.cat(calib), torch.cat(check)
 
 
 @dataclass
@@ -278,7 +288,7 @@ class ShrinkConfig:
     """Every setting of a shrink run (the command's flags)."""
 
     target: Target
-    calib: str = "builtin:pydoc-calib"
+    calib: str | list[str] = "builtin:pydoc-calib"
     samples: int = 32
     heldout: int = 16
     seq_len: int = 256

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from layercut.commands.flags import calib_sources
 from layercut.data import calibration_windows
 from layercut.errors import ConfigError
 from layercut.evaluation.suite import PerplexitySettings
@@ -61,9 +62,12 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
 
 
 def calib_from_args(args: argparse.Namespace, loaded: LoadedModel) -> torch.Tensor:
-    return calibration_windows(loaded.tokenizer, args.calib, args.samples, args.seq_len, args.seed, args.text_field)
+    return calibration_windows(loaded.tokenizer, calib_sources(args), args.samples, args.seq_len, args.seed,
+                               args.text_field)
 
 
 def calib_description(args: argparse.Namespace) -> dict:
-    """What the model card records about the calibration data."""
-    return {"source": args.calib, "samples": args.samples, "seq_len": args.seq_len, "seed": args.seed}
+    """What the model card records about the calibration data (one source, or the list of a mix)."""
+    sources = calib_sources(args)
+    return {"source": sources[0] if len(sources) == 1 else sources, "samples": args.samples,
+            "seq_len": args.seq_len, "seed": args.seed}

@@ -53,9 +53,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="let accelerate place the model over several devices (e.g. auto); overrides --device")
 
 
+DEFAULT_CALIB = "builtin:pydoc-calib"
+
+
+def calib_sources(args: argparse.Namespace) -> list[str]:
+    """The --calib sources given (repeatable), or the installed default text."""
+    return list(args.calib) if args.calib else [DEFAULT_CALIB]
+
+
 def add_calib_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument("--calib", default=None if required else "builtin:pydoc-calib", required=required,
-                        help="calibration text: .txt, .jsonl, builtin:pydoc-calib, or hf:NAME[:CONFIG][:SPLIT]")
+    parser.add_argument("--calib", action="append", required=required,
+                        help="calibration text: .txt, .jsonl, builtin:pydoc-calib, or hf:NAME[:CONFIG][:SPLIT]; "
+                             f"repeat for a mix sharing --samples evenly (default: {DEFAULT_CALIB})")
     parser.add_argument("--text-field", default="text", help="JSONL / dataset field holding the text")
     parser.add_argument("--samples", type=positive_int, default=64, help="number of calibration windows")
     parser.add_argument("--seq-len", type=int_at_least(2), default=256, help="tokens per calibration window")

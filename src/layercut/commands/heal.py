@@ -12,6 +12,15 @@ from layercut.commands.flags import add_model_args, add_output_args
 DESCRIPTION = "Heal a pruned model (LayerChop): continued next-token pretraining, full or LoRA, optional distillation."
 
 
+def block_or_auto(value: str) -> int | str:
+    """`--train-from`: a block number >= 0, or auto."""
+    if value == "auto":
+        return value
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a block number >= 0 or auto, got '{value}'")
+    return int(value)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("heal", help=DESCRIPTION, description=DESCRIPTION)
     add_model_args(parser)
@@ -40,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm; 0 disables")
     train.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                        help="autocast: auto = bf16 on CUDA (fp16 where unsupported), fp32 on CPU")
+    train.add_argument("--train-from", type=block_or_auto, default=None,
+                       help="train only block N and above (the embeddings, LM head and lower blocks stay frozen); "
+                            "auto = the first block that differs from --teacher's, i.e. where the cut begins "
+                            "(default: every block)")
     train.add_argument("--lora-rank", type=int, default=16)
     train.add_argument("--lora-alpha", type=float, default=32.0)
     train.add_argument("--lora-dropout", type=float, default=0.0)
@@ -70,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         min_lr_ratio=args.min_lr_ratio, warmup=args.warmup, weight_decay=args.weight_decay,
         batch_size=args.batch_size, grad_accum=args.grad_accum, seq_len=args.seq_len,
         max_grad_norm=args.max_grad_norm, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout, teacher=args.teacher, kd_weight=args.kd_weight,
+        lora_dropout=args.lora_dropout, train_from=args.train_from, teacher=args.teacher, kd_weight=args.kd_weight,
         kd_temperature=args.kd_temperature, teacher_device=args.teacher_device, ppl=args.ppl,
         ppl_max_tokens=args.ppl_max_tokens, eval_every=args.eval_every, save_every=args.save_every,
         work_dir=args.out, resume=args.resume, seed=args.seed,

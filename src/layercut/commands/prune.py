@@ -66,9 +66,10 @@ def load_for_prune(args: argparse.Namespace) -> LoadedModel:
 
 def heal_after_prune(loaded: LoadedModel, args: argparse.Namespace) -> dict:
     """`--heal-steps N`: heal the cut model on the calibration text; returns the heal record for the card."""
+    from layercut.commands.flags import calib_sources
     from layercut.healing.trainer import build_config, heal, heal_step_record
 
-    config = build_config(data=args.calib, text_field=args.text_field, mode=args.heal_mode, steps=args.heal_steps,
+    config = build_config(data=calib_sources(args), text_field=args.text_field, mode=args.heal_mode, steps=args.heal_steps,
                           lr=args.heal_lr, seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed)
     result = heal(loaded, config)
     if result.interrupted:

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from layercut.commands.flags import add_model_args, int_at_least, positive_int
+from layercut.commands.flags import add_model_args, calib_sources, int_at_least, positive_int
 from layercut.errors import ConfigError
 
 DESCRIPTION = ("Shrink a model to a size target: score every cut (drop / ReplaceMe) in one calibration pass, check "
@@ -24,8 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument("--target-speedup", type=float,
                         help="ideal decode speed-up by `layercut bench`'s FLOP model (prompt 512, 128 generated)")
     calib = parser.add_argument_group("calibration and check")
-    calib.add_argument("--calib", default="builtin:pydoc-calib", help="calibration text (its held-out part checks "
-                                                                      "the candidates)")
+    calib.add_argument("--calib", action="append", help="calibration text (its held-out part checks the candidates); "
+                                                        "repeat for a mix (default: builtin:pydoc-calib)")
     calib.add_argument("--samples", type=positive_int, default=32, help="calibration windows (default: %(default)s)")
     calib.add_argument("--heldout", type=positive_int, default=16,
                        help="other windows of the calibration text for the check (default: %(default)s)")
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         ensure_output_free(args.out, args.overwrite)
     config = ShrinkConfig(
-        target=target, calib=args.calib, samples=args.samples, heldout=args.heldout, seq_len=args.seq_len,
+        target=target, calib=calib_sources(args), samples=args.samples, heldout=args.heldout, seq_len=args.seq_len,
         batch_size=args.batch_size, check_top=args.check_top, budget_minutes=args.budget_minutes,
         heal_data=args.heal_data, heal_mode=args.heal_mode, heal_lr=args.heal_lr, heal_seq_len=args.heal_seq_len,
         heal_batch_size=args.heal_batch_size, heal_tokens=args.heal_tokens, kd_weight=args.kd_weight, ppl=args.ppl, ppl_max_tokens=args.max_tokens,

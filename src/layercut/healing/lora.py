@@ -6,10 +6,13 @@ from torch import nn
 
 from layercut.adapters import ArchAdapter
 from layercut.errors import ConfigError, UnsupportedArchitectureError
+from layercut.healing.scope import lora_target_names
 
 
-def add_lora(model: nn.Module, adapter: ArchAdapter, rank: int, alpha: float, dropout: float) -> nn.Module:
-    """Wrap `model` with trainable LoRA matrices on `adapter.lora_targets`; the base weights freeze."""
+def add_lora(model: nn.Module, adapter: ArchAdapter, rank: int, alpha: float, dropout: float,
+             first_block: int = 0) -> nn.Module:
+    """Wrap `model` with trainable LoRA matrices on `adapter.lora_targets` of blocks `first_block` and
+    above; the base weights freeze."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -17,8 +20,8 @@ def add_lora(model: nn.Module, adapter: ArchAdapter, rank: int, alpha: float, dr
     if not adapter.lora_targets:
         raise UnsupportedArchitectureError(f"the {adapter.name} adapter lists no LoRA target layers; "
                                            "add lora_targets to its entry in layercut/adapters.py or use --mode full")
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-                        target_modules=list(adapter.lora_targets))
+    targets = list(adapter.lora_targets) if first_block == 0 else lora_target_names(model, adapter, first_block)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=targets)
     return get_peft_model(model, config)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -28,6 +28,7 @@ from layercut.export import atomic_replace_dir, ensure_output_free, save_checkpo
 from layercut.healing.lora import add_lora, merge_lora
 from layercut.healing.losses import kd_loss, mixed_loss, next_token_loss
 from layercut.healing.report import append_jsonl, plot_loss_curve, write_jsonl
+from layercut.healing.scope import freeze_below, resolve_train_from
 from layercut.healing.schedule import batch_indices, lr_factor, planned_steps
 from layercut.healing.state import (CHECKPOINT_PREFIX, LOG_FILE, load_training_checkpoint, model_fingerprint,
                                     read_training_state, rng_states, save_training_checkpoint)
@@ -63,6 +64,7 @@ class HealConfig(BaseModel):
     lora_rank: int = Field(16, ge=1)
     lora_alpha: float = Field(32.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
+    train_from: NonNegativeInt | Literal["auto"] | None = None
     teacher: str | None = None
     kd_weight: float = Field(0.5, ge=0, le=1)
     kd_temperature: float = Field(1.0, gt=0)
@@ -122,6 +124,7 @@ class HealResult:
     interrupted: bool
     checkpoint: str | None
     teacher: str | None
+    train_from: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -301,10 +304,13 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
     eval_batch = config.batch_size * 2
     ppl_before = resumed["ppl_before"] if resumed else held_out_perplexity(loaded.model, held_out, eval_batch)
 
+    first_block = resolve_train_from(config.train_from, loaded.model, teacher_model, loaded.adapter)
     if config.mode == "lora":
-        model = add_lora(loaded.model, loaded.adapter, config.lora_rank, config.lora_alpha, config.lora_dropout)
+        model = add_lora(loaded.model, loaded.adapter, config.lora_rank, config.lora_alpha, config.lora_dropout,
+                         first_block)
     else:
-        model = loaded.model.requires_grad_(True)
+        model = loaded.model
+        freeze_below(model, loaded.adapter, first_block)
     model.train()
     device = loaded.device
     amp_dtype = autocast_dtype(device, config.precision)
@@ -380,7 +386,8 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
                       final_loss=log[-1]["loss"] if log else None, ppl_before=ppl_before, ppl_after=ppl_after,
                       train_seconds=round(seconds, 3),
                       tokens_per_second=round(step * config.tokens_per_step / seconds, 1) if seconds else 0.0,
-                      interrupted=interrupted, checkpoint=checkpoint, teacher=teacher_name)
+                      interrupted=interrupted, checkpoint=checkpoint, teacher=teacher_name,
+                      train_from=first_block)
 
 
 def heal_step_record(config: HealConfig, result: HealResult) -> dict[str, Any]:
@@ -388,7 +395,8 @@ def heal_step_record(config: HealConfig, result: HealResult) -> dict[str, Any]:
     params: dict[str, Any] = {"mode": config.mode, "steps": result.steps, "tokens": result.tokens,
                               "lr": config.peak_lr, "warmup": config.warmup, "batch_size": config.batch_size,
                               "grad_accum": config.grad_accum, "seq_len": config.seq_len,
-                              "max_grad_norm": config.max_grad_norm, "seed": config.seed}
+                              "max_grad_norm": config.max_grad_norm, "seed": config.seed,
+                              "train_from_block": result.train_from}
     if config.mode == "lora":
         params.update(lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, lora_merged=True)
     if result.teacher:
