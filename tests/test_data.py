@@ -69,3 +69,20 @@ def test_builtin_halves_are_disjoint():
     calib, evaluation = builtin_text("builtin:pydoc-calib"), builtin_text("builtin:pydoc-eval")
     assert len(calib) > 100_000 and len(evaluation) > 100_000
     assert calib[:2000] not in evaluation
+
+
+def test_repeated_calib_flags_reach_the_card_as_a_list():
+    import argparse
+
+    from layercut.commands.common import calib_description
+    from layercut.commands.flags import add_calib_args, calib_sources
+
+    parser = argparse.ArgumentParser()
+    add_calib_args(parser)
+    parser.add_argument("--seed", type=int, default=0)  # from add_model_args in the real commands
+    assert calib_sources(parser.parse_args([])) == ["builtin:pydoc-calib"]
+    one = parser.parse_args(["--calib", "a.txt"])
+    assert calib_description(one)["source"] == "a.txt"
+    two = parser.parse_args(["--calib", "a.txt", "--calib", "builtin:pydoc-calib", "--samples", "8"])
+    assert calib_description(two) == {"source": ["a.txt", "builtin:pydoc-calib"], "samples": 8, "seq_len": 256,
+                                      "seed": 0}

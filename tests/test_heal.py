@@ -40,7 +40,7 @@ def held_out(tmp_path: Path) -> Path:
 
 
 def quick_config(data: Path, **overrides) -> heal_module.HealConfig:
-    settings = dict(data=str(data), steps=4, lr=3e-3, warmup=1, batch_size=2, seq_len=32, progress=False)
+    settings = dict(data=str(data), mode="full", steps=4, lr=3e-3, warmup=1, batch_size=2, seq_len=32, progress=False)
     return build_config(**{**settings, **overrides})
 
 
@@ -240,7 +240,7 @@ def test_prune_chop_with_heal_steps(tiny_model_dir, small_text, tmp_path, monkey
     assert cli.main(argv) == 0
     step = json.loads((out / "layercut.json").read_text())["steps"][-1]
     assert step["result"]["removed_blocks"] == chop_layers(6, 2) == [2, 3]
-    assert step["heal"]["method"] == "layerchop-full" and step["heal"]["params"]["steps"] == 2
+    assert step["heal"]["method"] == "layerchop-lora" and step["heal"]["params"]["steps"] == 2  # the default mode
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4
 
 
@@ -290,3 +290,30 @@ def test_train_from_checks_its_value(small_text):
         heal(tiny_loaded("llama"), quick_config(small_text, train_from="auto"))
     with pytest.raises(ConfigError, match="--train-from 9 is not a block of this 6-block model; use 0..5 or auto"):
         heal(tiny_loaded("llama"), quick_config(small_text, train_from=9))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_shared_prefix_gives_the_teacher_s_own_logits(family):
+    """The teacher run from the student's hidden state at the first changed block, with its lower blocks
+    replaced by stand-ins, returns the logits of a full teacher pass, and gets its blocks back."""
+    from functools import partial
+
+    from layercut.healing.scope import SharedPrefix
+    from layercut.healing.trainer import forward_logits
+
+    teacher = tiny_loaded(family, num_layers=5)
+    student = copy.deepcopy(teacher)
+    blocks = student.adapter.blocks(student.model)
+    with torch.no_grad():
+        student.adapter.down_proj(blocks[3]).weight.mul_(0.5)
+    del blocks[4]
+    shared = SharedPrefix(student.model, teacher.model, teacher.adapter, 3)
+    teacher_blocks = list(teacher.adapter.blocks(teacher.model))
+    windows = random_windows()
+    with torch.no_grad():
+        student.model(input_ids=windows)
+        logits = shared.teacher_logits(partial(forward_logits, teacher.model, windows, None))
+        full = teacher.model(input_ids=windows).logits
+    shared.close()
+    assert shared.active and torch.allclose(logits, full, rtol=1e-5, atol=1e-5)
+    assert list(teacher.adapter.blocks(teacher.model)) == teacher_blocks

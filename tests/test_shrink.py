@@ -85,7 +85,7 @@ def test_predicted_quality_ranks_candidates_as_held_out_perplexity_does(calib_te
     from layercut.healing.trainer import build_config, heal
 
     loaded = tiny_loaded("llama", num_layers=8)
-    heal(loaded, build_config(data=calib_text, steps=150, lr=3e-3, warmup=5, batch_size=8, seq_len=32,
+    heal(loaded, build_config(data=calib_text, mode="full", steps=150, lr=3e-3, warmup=5, batch_size=8, seq_len=32,
                               progress=False))
     loaded.model.eval()
     calib, heldout = split_calibration(loaded.tokenizer, calib_text, 16, 8, 32, seed=1)
@@ -105,7 +105,7 @@ def test_predicted_quality_ranks_candidates_as_held_out_perplexity_does(calib_te
     assert all(by_start[("replaceme-lstsq", k)] <= by_start[("drop", k)] + 1e-12 for k in range(1, 6))
 
 
-def quick_config(target: Target, calib: str, budget: float, **overrides) -> ShrinkConfig:
+def quick_config(target: Target, calib: str | list[str], budget: float, **overrides) -> ShrinkConfig:
     settings = dict(target=target, calib=calib, samples=8, heldout=4, seq_len=32, batch_size=4, check_top=2,
                     budget_minutes=budget, heal_seq_len=32, heal_batch_size=2, progress=False)
     return ShrinkConfig(**{**settings, **overrides})
@@ -132,8 +132,8 @@ def test_each_target_gives_a_model_of_the_right_size(target, layers, calib_text,
 
 def test_heal_report_and_resume_after_ctrl_c(calib_text, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    config = quick_config(Target("layers", 6), calib_text, budget=5, heal_tokens=6 * 2 * 32, kd_weight=0.5, ppl=calib_text,
-                          ppl_max_tokens=256, ppl_seq_len=32)
+    config = quick_config(Target("layers", 6), [calib_text], budget=5, heal_tokens=6 * 2 * 32, kd_weight=0.5,
+                          ppl=calib_text, ppl_max_tokens=256, ppl_seq_len=32)  # a list, as the CLI passes it
     real_step = trainer.train_step
 
     def interrupt_at_third(run, step):
@@ -161,6 +161,7 @@ def test_heal_report_and_resume_after_ctrl_c(calib_text, tmp_path, monkeypatch):
         final, split_calibration(final.tokenizer, calib_text, 8, 4, 32)[1], 4), rel_tol=1e-6)
     report = (out / REPORT_MD).read_text()
     assert "Candidates checked" in report and "(chosen)" in report and "(8 windows of 32 tokens)" in report
+    assert f"tokens of `{calib_text}`" in report
     assert second.state.final["text"]["ppl"] > 1 and second.state.dense["text"]["windows"] == 8
     from PIL import Image
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from layercut.data import as_sources
 from layercut.export import save_figure_atomic, write_text_atomic
 
 REPORT_MD = "report.md"
@@ -38,10 +39,10 @@ def _name(candidate: dict[str, Any]) -> str:
 
 def render_markdown(state: dict[str, Any]) -> str:
     settings, dense, chosen, final = state["settings"], state["dense"], state["chosen"] or {}, state["final"] or {}
-    target = settings["target"]
+    target, calib = settings["target"], as_sources(settings["calib"])
     lines = [f"# layercut shrink of {settings['model']}", "",
              f"- target: {target['kind']} = {target['value']:g}; {state['cut']} of {dense.get('layers')} blocks cut",
-             f"- calibration: {settings['samples']} windows x {settings['seq_len']} tokens of `{settings['calib']}`; "
+             f"- calibration: {settings['samples']} windows x {settings['seq_len']} tokens of `{', '.join(calib)}`; "
              f"held-out check: {settings['heldout']} other windows of the same text",
              "- predicted quality: relative residual ||M T + Y - L||^2 / ||L||^2 of the span output "
              "(T = I for a plain drop, the least-squares map for ReplaceMe)", "",
@@ -64,7 +65,7 @@ def render_markdown(state: dict[str, Any]) -> str:
     elif heal:
         lines.append(f"{heal['mode']}, {heal['steps']} steps, {heal['tokens']:,} tokens in {heal['train_seconds']:.0f} s "
                      f"({heal['tokens_per_second']:.0f} tokens/s); teacher: {heal.get('teacher') or 'none'}; "
-                     f"text: {', '.join(settings['heal_data'] or [settings['calib']])}")
+                     f"text: {', '.join(settings['heal_data'] or calib)}")
     lines += ["", "## Result", ""]
     if final:
         lines.append(f"- model: `model/`, {final['layers']} layers, {final['params']:,} parameters "

@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--ppl", default=None, help="held-out text for perplexity before, during and after training")
     data.add_argument("--ppl-max-tokens", type=int, default=16384, help="tokens of --ppl text used (default: %(default)s)")
     train = parser.add_argument_group("training")
-    train.add_argument("--mode", choices=("full", "lora"), default="full", help="train all weights or LoRA (merged at export)")
+    train.add_argument("--mode", choices=("full", "lora"), default="lora",
+                       help="LoRA matrices on every block, merged at export (default: faster and better per CPU-minute "
+                            "here), or full: every weight")
     train.add_argument("--steps", type=int, default=None, help="optimizer steps")
     train.add_argument("--tokens", type=int, default=None, help="token budget; with --steps, whichever ends first")
     train.add_argument("--max-minutes", type=float, default=None,

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     healing = parser.add_argument_group("healing (LayerChop; `layercut heal` has every option)")
     healing.add_argument("--heal-steps", type=int_at_least(0), default=0,
                          help="after the cut, continue pretraining for N steps on the --calib text")
-    healing.add_argument("--heal-mode", choices=("full", "lora"), default="full", help="train all weights or LoRA")
+    healing.add_argument("--heal-mode", choices=("full", "lora"), default="lora", help="train LoRA matrices (merged) or all weights (default: %(default)s)")
     healing.add_argument("--heal-lr", type=float, default=None, help="peak learning rate (default: 1e-4 full, 1e-3 lora)")
     parser.set_defaults(run=run)
 

@@ -8,6 +8,8 @@ step costs less. `first_changed_block` finds that block by comparing the student
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -77,3 +79,66 @@ def lora_target_names(model: nn.Module, adapter: ArchAdapter, first: int) -> lis
             if name.rsplit(".", 1)[-1] in adapter.lora_targets:
                 names.append(f"{block_name}.{name}")
     return names
+
+
+class PassThrough(nn.Module):
+    """Stands in for a shared prefix block of the teacher: returns its input hidden state."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return hidden_states
+
+
+class Replay(nn.Module):
+    """Stands in for the last shared prefix block: returns the hidden state the student computed there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return self.hidden.to(hidden_states.device)
+
+
+class SharedPrefix:
+    """Distillation without running the teacher's copy of the frozen blocks below `first`.
+
+    When the student's embeddings and blocks 0..first-1 equal the teacher's and stay frozen, the
+    teacher's hidden state entering block `first` is the student's. A hook keeps the student's; the
+    teacher then runs with its blocks below `first` replaced by stand-ins that pass it through, so
+    only its blocks from `first` up compute. The first call checks the result against a full teacher
+    pass and turns sharing off if they disagree (a family whose blocks return something else).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, adapter: ArchAdapter, first: int) -> None:
+        self.teacher, self.adapter, self.first = teacher, adapter, first
+        self.captured: torch.Tensor | None = None
+        self.replay = Replay()
+        self.active, self.checked = True, False
+        self.handle = adapter.blocks(student)[first].register_forward_pre_hook(self._grab, with_kwargs=True)
+
+    def _grab(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.captured = (args[0] if args else kwargs["hidden_states"]).detach()
+
+    def teacher_logits(self, run_teacher: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The teacher's logits for the batch the student just ran; `run_teacher` runs the teacher's forward."""
+        if not self.active or self.captured is None:
+            return run_teacher()
+        full_blocks = self.adapter.blocks(self.teacher)
+        stand_ins = [PassThrough() for _ in range(self.first - 1)] + [self.replay]
+        self.replay.hidden = self.captured
+        self.adapter.set_blocks(self.teacher, nn.ModuleList([*stand_ins, *full_blocks[self.first:]]))
+        try:
+            logits = run_teacher()
+        finally:
+            self.adapter.set_blocks(self.teacher, full_blocks)
+            self.replay.hidden = None
+        if not self.checked:
+            self.checked = True
+            reference = run_teacher()
+            if not torch.allclose(logits, reference, rtol=1e-4, atol=1e-4):
+                self.active = False
+                return reference
+        return logits
+
+    def close(self) -> None:
+        self.handle.remove()

@@ -13,6 +13,7 @@ import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,7 @@ from layercut.export import atomic_replace_dir, ensure_output_free, save_checkpo
 from layercut.healing.lora import add_lora, merge_lora
 from layercut.healing.losses import kd_loss, mixed_loss, next_token_loss
 from layercut.healing.report import append_jsonl, plot_loss_curve, write_jsonl
-from layercut.healing.scope import freeze_below, resolve_train_from
+from layercut.healing.scope import SharedPrefix, first_changed_block, freeze_below, resolve_train_from
 from layercut.healing.schedule import batch_indices, lr_factor, planned_steps
 from layercut.healing.state import (CHECKPOINT_PREFIX, LOG_FILE, load_training_checkpoint, model_fingerprint,
                                     read_training_state, rng_states, save_training_checkpoint)
@@ -50,7 +51,7 @@ class HealConfig(BaseModel):
 
     data: str | list[str]
     text_field: str = "text"
-    mode: Literal["full", "lora"] = "full"
+    mode: Literal["full", "lora"] = "lora"  # faster, and better per CPU-minute (docs/BENCHMARKS.md)
     steps: int | None = Field(None, ge=1)
     tokens: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
@@ -225,6 +226,7 @@ class TrainingRun:
     total_steps: int
     device: torch.device
     amp_dtype: torch.dtype | None
+    shared: SharedPrefix | None = None  # the teacher reuses the student's frozen lower blocks
 
 
 def forward_logits(model: nn.Module, batch: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
@@ -239,8 +241,9 @@ def micro_batch_losses(run: TrainingRun, batch: torch.Tensor) -> tuple[torch.Ten
     ce = next_token_loss(logits, batch)
     kl = None
     if run.teacher is not None:
+        run_teacher = partial(forward_logits, run.teacher, batch, run.amp_dtype)
         with torch.no_grad():
-            teacher_logits = forward_logits(run.teacher, batch, run.amp_dtype).to(logits.device)
+            teacher_logits = (run.shared.teacher_logits(run_teacher) if run.shared else run_teacher()).to(logits.device)
         kl = kd_loss(logits, teacher_logits, run.config.kd_temperature)
     return mixed_loss(ce, kl, run.config.kd_weight), ce, kl
 
@@ -305,6 +308,10 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
     ppl_before = resumed["ppl_before"] if resumed else held_out_perplexity(loaded.model, held_out, eval_batch)
 
     first_block = resolve_train_from(config.train_from, loaded.model, teacher_model, loaded.adapter)
+    shared = None
+    if teacher_model is not None and first_block > 0 and \
+            first_changed_block(loaded.model, teacher_model, loaded.adapter) >= first_block:
+        shared = SharedPrefix(loaded.model, teacher_model, loaded.adapter, first_block)
     if config.mode == "lora":
         model = add_lora(loaded.model, loaded.adapter, config.lora_rank, config.lora_alpha, config.lora_dropout,
                          first_block)
@@ -318,7 +325,7 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
                                   betas=(0.9, 0.95), weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     total = planned_steps(config.steps, config.tokens, config.tokens_per_step)
-    run = TrainingRun(model, teacher_model, windows, optimizer, scaler, config, total, device, amp_dtype)
+    run = TrainingRun(model, teacher_model, windows, optimizer, scaler, config, total, device, amp_dtype, shared)
 
     log: list[dict] = []
     step, seconds, checkpoint = 0, 0.0, None
@@ -373,6 +380,8 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
         checkpoint = save(step, boundary_rng)
     finally:
         bar.close()
+        if shared is not None:
+            shared.close()
 
     model.eval()
     if config.mode == "lora":
