@@ -105,5 +105,6 @@ def main() -> None:
         print(f"| {row['variant']} | {row.get('train_from', '')} | {row.get('steps', '')} | {row.get('tokens', '')} | "
               f"{row.get('tokens_per_second', '')} | {row.get('tokens_per_cpu_second', '')} | {quality} |")
 
+
 if __name__ == "__main__":
     main()

@@ -187,6 +187,17 @@ def source_windows(tokenizer: Any, source: str, seq_len: int, text_field: str = 
     return split_windows(tokenize_source(tokenizer, source, text_field), seq_len, bos_id(tokenizer))
 
 
+def seeded_groups(windows: torch.Tensor, counts: Sequence[int], seed: int) -> list[torch.Tensor]:
+    """Disjoint groups of `counts[i]` rows of `windows`, taken one after the other from one seeded
+    random order; each group is kept in text order."""
+    order = torch.randperm(windows.shape[0], generator=torch.Generator().manual_seed(seed))
+    groups, start = [], 0
+    for count in counts:
+        groups.append(windows[order[start:start + count].sort().values])
+        start += count
+    return groups
+
+
 def calibration_windows(tokenizer: Any, source: str | Sequence[str], samples: int, seq_len: int, seed: int = 0,
                         text_field: str = "text") -> torch.Tensor:
     """`samples` windows of `seq_len` tokens, shape [samples, seq_len].
@@ -207,9 +218,5 @@ def calibration_windows(tokenizer: Any, source: str | Sequence[str], samples: in
         if windows.shape[0] < count:
             raise DataError(f"'{name}' gives only {windows.shape[0]} windows of {seq_len} tokens but "
                             f"{count} were asked; lower --samples or --seq-len, or give more text")
-        if windows.shape[0] > count:
-            generator = torch.Generator().manual_seed(seed)
-            chosen = torch.randperm(windows.shape[0], generator=generator)[:count].sort().values
-            windows = windows[chosen]
-        parts.append(windows)
+        parts.append(seeded_groups(windows, [count], seed)[0])
     return torch.cat(parts)

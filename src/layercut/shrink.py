@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 
 from layercut.calibration.capture import LinearFitStats, calibrate, collect_fit, fit_memory_bytes
-from layercut.data import as_sources, share_evenly, source_windows
+from layercut.data import as_sources, seeded_groups, share_evenly, source_windows
 from layercut.errors import ConfigError, DataError
 from layercut.evaluation.perplexity import window_nll
 from layercut.export import count_parameters, write_text_atomic
@@ -235,9 +235,9 @@ def split_calibration(tokenizer: Any, source: str | list[str], samples: int, hel
         if windows.shape[0] < n_calib + n_check:
             raise DataError(f"'{name}' gives only {windows.shape[0]} windows of {seq_len} tokens but --samples "
                             f"{n_calib} + --heldout {n_check} were asked; lower them or --seq-len, or give more text")
-        order = torch.randperm(windows.shape[0], generator=torch.Generator().manual_seed(seed))
-        calib.append(windows[order[:n_calib].sort().values])
-        check.append(windows[order[n_calib:n_calib + n_check].sort().values])
+        drawn, held = seeded_groups(windows, [n_calib, n_check], seed)
+        calib.append(drawn)
+        check.append(held)
     return torch.cat(calib), torch.cat(check)
 
 

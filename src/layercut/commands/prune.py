@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from layercut.commands.flags import add_calib_args, add_cut_args, add_model_args, add_output_args, int_at_least, positive_int
+from layercut.commands.flags import (add_calib_args, add_cut_args, add_model_args, add_output_args, calib_sources,
+                                    int_at_least, positive_int)
 from layercut.commands.options import add_option_groups, options_from_args
 from layercut.errors import ConfigError
 from layercut.methods.settings import DEPTH_METHODS, GRANULARITIES, OFFLOAD_CHOICES
@@ -37,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     healing = parser.add_argument_group("healing (LayerChop; `layercut heal` has every option)")
     healing.add_argument("--heal-steps", type=int_at_least(0), default=0,
                          help="after the cut, continue pretraining for N steps on the --calib text")
-    healing.add_argument("--heal-mode", choices=("full", "lora"), default="lora", help="train LoRA matrices (merged) or all weights (default: %(default)s)")
+    healing.add_argument("--heal-mode", choices=("full", "lora"), default="lora",
+                         help="train LoRA matrices (merged) or all weights (default: %(default)s)")
     healing.add_argument("--heal-lr", type=float, default=None, help="peak learning rate (default: 1e-4 full, 1e-3 lora)")
     parser.set_defaults(run=run)
 
@@ -66,11 +68,11 @@ def load_for_prune(args: argparse.Namespace) -> LoadedModel:
 
 def heal_after_prune(loaded: LoadedModel, args: argparse.Namespace) -> dict:
     """`--heal-steps N`: heal the cut model on the calibration text; returns the heal record for the card."""
-    from layercut.commands.flags import calib_sources
     from layercut.healing.trainer import build_config, heal, heal_step_record
 
-    config = build_config(data=calib_sources(args), text_field=args.text_field, mode=args.heal_mode, steps=args.heal_steps,
-                          lr=args.heal_lr, seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed)
+    config = build_config(data=calib_sources(args), text_field=args.text_field, mode=args.heal_mode,
+                          steps=args.heal_steps, lr=args.heal_lr, seq_len=args.seq_len, batch_size=args.batch_size,
+                          seed=args.seed)
     result = heal(loaded, config)
     if result.interrupted:
         raise KeyboardInterrupt

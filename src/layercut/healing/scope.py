@@ -38,18 +38,16 @@ def first_changed_block(student: nn.Module, teacher: nn.Module, adapter: ArchAda
     return len(student_blocks)
 
 
-def resolve_train_from(setting: int | str | None, student: nn.Module, teacher: nn.Module | None,
-                       adapter: ArchAdapter) -> int:
-    """The first trained block: 0 for every block (None), the given number, or, for 'auto', the first
-    block that differs from the teacher's (which must then be given)."""
-    count = len(adapter.blocks(student))
+def resolve_train_from(setting: int | str | None, count: int, changed: int | None) -> int:
+    """The first trained block of a `count`-block model: 0 for every block (None), the given number, or,
+    for 'auto', `changed`: the first block that differs from the teacher's (None without a teacher)."""
     if setting is None:
         return 0
     if setting == "auto":
-        if teacher is None:
+        if changed is None:
             raise ConfigError("--train-from auto compares the model's blocks with the teacher's; give --teacher "
                               "(the dense model) or a block number")
-        return min(first_changed_block(student, teacher, adapter), count - 1)
+        return min(changed, count - 1)
     if not 0 <= int(setting) < count:
         raise ConfigError(f"--train-from {setting} is not a block of this {count}-block model; use 0..{count - 1} "
                           "or auto")

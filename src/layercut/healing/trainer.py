@@ -307,11 +307,11 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
     eval_batch = config.batch_size * 2
     ppl_before = resumed["ppl_before"] if resumed else held_out_perplexity(loaded.model, held_out, eval_batch)
 
-    first_block = resolve_train_from(config.train_from, loaded.model, teacher_model, loaded.adapter)
-    shared = None
-    if teacher_model is not None and first_block > 0 and \
-            first_changed_block(loaded.model, teacher_model, loaded.adapter) >= first_block:
-        shared = SharedPrefix(loaded.model, teacher_model, loaded.adapter, first_block)
+    changed = (first_changed_block(loaded.model, teacher_model, loaded.adapter)
+               if config.train_from is not None and teacher_model is not None else None)
+    first_block = resolve_train_from(config.train_from, len(loaded.adapter.blocks(loaded.model)), changed)
+    shared = (SharedPrefix(loaded.model, teacher_model, loaded.adapter, first_block)
+              if changed is not None and 0 < first_block <= changed else None)
     if config.mode == "lora":
         model = add_lora(loaded.model, loaded.adapter, config.lora_rank, config.lora_alpha, config.lora_dropout,
                          first_block)
