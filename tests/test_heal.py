@@ -317,3 +317,86 @@ def test_shared_prefix_gives_the_teacher_s_own_logits(family):
     shared.close()
     assert shared.active and torch.allclose(logits, full, rtol=1e-5, atol=1e-5)
     assert list(teacher.adapter.blocks(teacher.model)) == teacher_blocks
+
+
+def test_block_origins_replay_every_prune_step_and_pair_the_blocks_behind_each_cut():
+    from layercut.healing.hidden import block_origins, cut_pairs
+
+    history = [{"command": "prune", "result": {"layers_before": 10, "removed_blocks": [3, 4]}},
+               {"command": "slim", "result": {"ratio": 0.2}},
+               {"command": "heal", "result": {"ppl_after": 9.0}},
+               {"command": "prune", "result": {"layers_before": 8, "removed_blocks": [5]}}]
+    origins = block_origins(history, 7)
+    assert origins == [0, 1, 2, 5, 6, 8, 9]
+    assert cut_pairs(origins) == [(3, 5), (5, 8)]
+    assert block_origins(history, 6) is None
+    assert block_origins(history[1:3], 7) is None
+    assert block_origins([{"result": {"layers_before": 10, "removed_blocks": [1]}}, history[3]], 8) is None
+
+
+def test_relative_hidden_error_matches_the_direct_formula():
+    from layercut.healing.hidden import relative_hidden_error
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    direct = sum(float(((s - t) ** 2).sum() / (t ** 2).sum())
+                 for s, t in zip(student.reshape(-1, 8), teacher.reshape(-1, 8))) / 10
+    assert float(relative_hidden_error(student, teacher)) == pytest.approx(direct, rel=1e-6)
+    assert float(relative_hidden_error(teacher, teacher)) == 0.0
+
+
+def cut_student(teacher, removed: list[int]):
+    from layercut.surgery import remove_blocks
+
+    student = copy.deepcopy(teacher)
+    remove_blocks(student, removed)
+    student.history = [{"command": "prune", "result": {"layers_before": teacher.num_layers, "removed_blocks": removed}}]
+    return student
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_hidden_kd_logs_the_error_behind_the_cut_and_lowers_it(small_text, family, tmp_path):
+    """The first logged hidden-state term equals the relative error between the student's block behind
+    the cut and the teacher's same original block, computed here from output_hidden_states; training
+    with it ends with a lower error than the same training without it, and the model card names the
+    matched blocks."""
+    from layercut.data import bos_id, read_text, split_windows, tokenize_text
+    from layercut.healing.hidden import relative_hidden_error
+
+    teacher = tiny_loaded(family, num_layers=6)
+    base = quick_config(small_text, mode="lora", steps=12, kd_weight=0.5, hidden_kd_weight=5.0,
+                        work_dir=str(tmp_path / "work"))
+    ids = tokenize_text(teacher.tokenizer, read_text(str(small_text)))
+    windows = split_windows(ids, base.seq_len, bos_id(teacher.tokenizer))
+    batch = windows[batch_indices(windows.shape[0], base.batch_size, base.seed, 0)]
+
+    def error_behind_cut(student) -> float:
+        with torch.no_grad():
+            mine = student.model(input_ids=batch, output_hidden_states=True).hidden_states[3]
+            dense = teacher.model(input_ids=batch, output_hidden_states=True).hidden_states[5]
+        return float(relative_hidden_error(mine, dense))
+
+    with_hidden, without = cut_student(teacher, [2, 3]), cut_student(teacher, [2, 3])
+    before = error_behind_cut(with_hidden)
+    result = heal(with_hidden, base, teacher=teacher)
+    heal(without, base.model_copy(update={"hidden_kd_weight": 0.0, "work_dir": None}), teacher=teacher)
+    log = [json.loads(line) for line in (tmp_path / "work" / "log.jsonl").read_text().splitlines()]
+    assert result.hidden_pairs == [(2, 4)]
+    assert log[0]["hidden"] == pytest.approx(before, rel=1e-4)
+    assert error_behind_cut(with_hidden) < min(before, error_behind_cut(without))
+    record = heal_module.heal_step_record(base, result)
+    assert record["params"]["hidden_kd_blocks"] == [{"student": 2, "teacher": 4}]
+
+
+def test_hidden_kd_explains_what_it_needs(small_text):
+    teacher = tiny_loaded("llama", num_layers=6)
+    with pytest.raises(ConfigError, match="--hidden-kd-weight distils hidden states from the dense model; give --teacher"):
+        heal(cut_student(teacher, [2]), quick_config(small_text, hidden_kd_weight=1.0))
+    plain = copy.deepcopy(teacher)
+    with pytest.raises(ConfigError, match="records no removed blocks; heal a model that layercut pruned"):
+        heal(plain, quick_config(small_text, hidden_kd_weight=1.0), teacher=teacher)
+    with pytest.raises(ConfigError, match="the teacher has 4 layers but the model came from one with at least 6"):
+        heal(cut_student(teacher, [2]), quick_config(small_text, hidden_kd_weight=1.0),
+             teacher=tiny_loaded("llama", num_layers=4))
+    with pytest.raises(ConfigError, match="has no interior cut"):
+        heal(cut_student(teacher, [5]), quick_config(small_text, hidden_kd_weight=1.0), teacher=teacher)

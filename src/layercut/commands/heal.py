@@ -62,6 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kd.add_argument("--teacher", default=None, help="teacher model for KL distillation (e.g. the unpruned model)")
     kd.add_argument("--kd-weight", type=float, default=0.5, help="loss = (1-w) * CE + w * KL (default: %(default)s)")
     kd.add_argument("--kd-temperature", type=float, default=1.0, help="softmax temperature of the KL")
+    kd.add_argument("--hidden-kd-weight", type=float, default=0.0,
+                    help="add w * the relative error between the hidden state after the first block behind each cut "
+                         "and the teacher's after the same original block (needs --teacher and a layercut-pruned "
+                         "model; default: off)")
     kd.add_argument("--teacher-device", default=None, help="device of the teacher (default: the student's), e.g. cpu to offload")
     run_group = parser.add_argument_group("checkpoints")
     run_group.add_argument("--eval-every", type=int, default=0, help="held-out perplexity every N steps (needs --ppl)")
@@ -80,16 +84,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume:
         ensure_output_free(args.out, args.overwrite)
     config = build_config(
-        data=args.data[0] if len(args.data) == 1 else args.data, text_field=args.text_field, mode=args.mode, steps=args.steps, tokens=args.tokens,
-        lr=args.lr,
-        min_lr_ratio=args.min_lr_ratio, warmup=args.warmup, weight_decay=args.weight_decay,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, seq_len=args.seq_len,
+        data=args.data[0] if len(args.data) == 1 else args.data, text_field=args.text_field, mode=args.mode,
+        steps=args.steps, tokens=args.tokens, lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup=args.warmup,
+        weight_decay=args.weight_decay, batch_size=args.batch_size, grad_accum=args.grad_accum, seq_len=args.seq_len,
         max_grad_norm=args.max_grad_norm, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, train_from=args.train_from, teacher=args.teacher, kd_weight=args.kd_weight,
-        kd_temperature=args.kd_temperature, teacher_device=args.teacher_device, ppl=args.ppl,
-        ppl_max_tokens=args.ppl_max_tokens, eval_every=args.eval_every, save_every=args.save_every,
-        work_dir=args.out, resume=args.resume, seed=args.seed,
-        max_seconds=args.max_minutes * 60 if args.max_minutes else None, precision=args.precision,
+        kd_temperature=args.kd_temperature, hidden_kd_weight=args.hidden_kd_weight,
+        teacher_device=args.teacher_device, ppl=args.ppl, ppl_max_tokens=args.ppl_max_tokens,
+        eval_every=args.eval_every, save_every=args.save_every, work_dir=args.out, resume=args.resume,
+        seed=args.seed, max_seconds=args.max_minutes * 60 if args.max_minutes else None, precision=args.precision,
         progress=not args.no_progress)
     check_output_room(args, peek_from_args(args), args.out)
     loaded = load_from_args(args)

@@ -2,9 +2,9 @@
 
 `heal(loaded, config)` trains `loaded.model` in place, on packed windows of general text, either
 all weights (`mode="full"`) or LoRA matrices that are merged back at the end (`mode="lora"`),
-optionally distilled from a teacher (KL on next-token distributions). It writes training
-checkpoints, a JSONL log and a loss curve to `config.work_dir`, and resumes bit-exactly from a
-checkpoint. `export_healed` saves the result as a plain checkpoint with its model card.
+optionally distilled from a teacher (KL on next-token distributions, and optionally the hidden state
+behind each cut). It writes training checkpoints, a JSONL log and a loss curve to `config.work_dir`,
+and resumes bit-exactly from a checkpoint. `export_healed` saves the result as a plain checkpoint with its model card.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +26,7 @@ from layercut.data import bos_id, read_text, split_windows, tokenize_text
 from layercut.errors import ConfigError, DataError, LayercutError
 from layercut.evaluation.perplexity import window_nll
 from layercut.export import atomic_replace_dir, ensure_output_free, save_checkpoint
+from layercut.healing.hidden import HiddenMatch, hidden_pairs
 from layercut.healing.lora import add_lora, merge_lora
 from layercut.healing.losses import kd_loss, mixed_loss, next_token_loss
 from layercut.healing.report import append_jsonl, plot_loss_curve, write_jsonl
@@ -69,6 +70,7 @@ class HealConfig(BaseModel):
     teacher: str | None = None
     kd_weight: float = Field(0.5, ge=0, le=1)
     kd_temperature: float = Field(1.0, gt=0)
+    hidden_kd_weight: float = Field(0.0, ge=0)
     teacher_device: str | None = None
     ppl: str | None = None
     ppl_max_tokens: int | None = Field(16384, ge=1)
@@ -126,6 +128,7 @@ class HealResult:
     checkpoint: str | None
     teacher: str | None
     train_from: int = 0
+    hidden_pairs: list[tuple[int, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,6 +216,17 @@ def load_teacher(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel |
     return model
 
 
+def hidden_match(loaded: LoadedModel, teacher: nn.Module | None, config: HealConfig) -> HiddenMatch | None:
+    """The hooks of hidden-state distillation when `hidden_kd_weight` asks for it (a teacher is needed)."""
+    if not config.hidden_kd_weight:
+        return None
+    if teacher is None:
+        raise ConfigError("--hidden-kd-weight distils hidden states from the dense model; give --teacher")
+    adapter = loaded.adapter
+    pairs = hidden_pairs(loaded.history, len(adapter.blocks(loaded.model)), len(adapter.blocks(teacher)))
+    return HiddenMatch(loaded.model, teacher, adapter, pairs)
+
+
 @dataclass
 class TrainingRun:
     """What one optimizer step needs."""
@@ -227,6 +241,7 @@ class TrainingRun:
     device: torch.device
     amp_dtype: torch.dtype | None
     shared: SharedPrefix | None = None  # the teacher reuses the student's frozen lower blocks
+    hidden: HiddenMatch | None = None  # hidden-state distillation next to the cut
 
 
 def forward_logits(model: nn.Module, batch: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
@@ -235,17 +250,22 @@ def forward_logits(model: nn.Module, batch: torch.Tensor, amp_dtype: torch.dtype
         return model(input_ids=batch.to(device), use_cache=False).logits
 
 
-def micro_batch_losses(run: TrainingRun, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(training loss, cross-entropy, KL to the teacher or None) of one micro-batch."""
+def micro_batch_losses(run: TrainingRun, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss of one micro-batch and its parts: cross-entropy, and with a teacher the KL
+    of the next-token distributions and (when weighted) the hidden-state error next to the cut."""
     logits = forward_logits(run.model, batch, run.amp_dtype)
-    ce = next_token_loss(logits, batch)
-    kl = None
-    if run.teacher is not None:
-        run_teacher = partial(forward_logits, run.teacher, batch, run.amp_dtype)
-        with torch.no_grad():
-            teacher_logits = (run.shared.teacher_logits(run_teacher) if run.shared else run_teacher()).to(logits.device)
-        kl = kd_loss(logits, teacher_logits, run.config.kd_temperature)
-    return mixed_loss(ce, kl, run.config.kd_weight), ce, kl
+    parts = {"ce": next_token_loss(logits, batch)}
+    if run.teacher is None:
+        return parts["ce"], parts
+    run_teacher = partial(forward_logits, run.teacher, batch, run.amp_dtype)
+    with torch.no_grad():
+        teacher_logits = (run.shared.teacher_logits(run_teacher) if run.shared else run_teacher()).to(logits.device)
+    parts["kl"] = kd_loss(logits, teacher_logits, run.config.kd_temperature)
+    loss = mixed_loss(parts["ce"], parts["kl"], run.config.kd_weight)
+    if run.hidden is not None:
+        parts["hidden"] = run.hidden.loss()
+        loss = loss + run.config.hidden_kd_weight * parts["hidden"]
+    return loss, parts
 
 
 def train_step(run: TrainingRun, step: int) -> dict[str, float]:
@@ -254,17 +274,17 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     lr = config.peak_lr * lr_factor(step, config.warmup, run.total_steps, config.min_lr_ratio)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
+    sums: dict[str, float] = {"loss": 0.0}
     for micro in range(config.grad_accum):
         rows = batch_indices(run.windows.shape[0], config.batch_size, config.seed, step * config.grad_accum + micro)
-        loss, ce, kl = micro_batch_losses(run, run.windows[rows].to(run.device))
+        loss, parts = micro_batch_losses(run, run.windows[rows].to(run.device))
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"the training loss became {loss_value} at step {step + 1}")
         run.scaler.scale(loss / config.grad_accum).backward()
         sums["loss"] += loss_value / config.grad_accum
-        sums["ce"] += float(ce.detach()) / config.grad_accum
-        sums["kl"] += (float(kl.detach()) if kl is not None else 0.0) / config.grad_accum
+        for name, part in parts.items():
+            sums[name] = sums.get(name, 0.0) + float(part.detach()) / config.grad_accum
     run.scaler.unscale_(run.optimizer)
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     grad_norm = float(nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf))
@@ -273,10 +293,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    record = {"loss": sums["loss"], "ce": sums["ce"], "lr": lr, "grad_norm": grad_norm}
-    if run.teacher is not None:
-        record["kl"] = sums["kl"]
-    return record
+    return {"loss": sums.pop("loss"), "ce": sums.pop("ce"), "lr": lr, "grad_norm": grad_norm, **sums}
 
 
 def remove_stale_artifacts(work_dir: Path) -> None:
@@ -312,6 +329,7 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
     first_block = resolve_train_from(config.train_from, len(loaded.adapter.blocks(loaded.model)), changed)
     shared = (SharedPrefix(loaded.model, teacher_model, loaded.adapter, first_block)
               if changed is not None and 0 < first_block <= changed else None)
+    hidden = hidden_match(loaded, teacher_model, config)
     if config.mode == "lora":
         model = add_lora(loaded.model, loaded.adapter, config.lora_rank, config.lora_alpha, config.lora_dropout,
                          first_block)
@@ -325,7 +343,8 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
                                   betas=(0.9, 0.95), weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     total = planned_steps(config.steps, config.tokens, config.tokens_per_step)
-    run = TrainingRun(model, teacher_model, windows, optimizer, scaler, config, total, device, amp_dtype, shared)
+    run = TrainingRun(model, teacher_model, windows, optimizer, scaler, config, total, device, amp_dtype, shared,
+                      hidden)
 
     log: list[dict] = []
     step, seconds, checkpoint = 0, 0.0, None
@@ -380,8 +399,9 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
         checkpoint = save(step, boundary_rng)
     finally:
         bar.close()
-        if shared is not None:
-            shared.close()
+        for hooks in (shared, hidden):
+            if hooks is not None:
+                hooks.close()
 
     model.eval()
     if config.mode == "lora":
@@ -396,7 +416,7 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
                       train_seconds=round(seconds, 3),
                       tokens_per_second=round(step * config.tokens_per_step / seconds, 1) if seconds else 0.0,
                       interrupted=interrupted, checkpoint=checkpoint, teacher=teacher_name,
-                      train_from=first_block)
+                      train_from=first_block, hidden_pairs=hidden.pairs if hidden else [])
 
 
 def heal_step_record(config: HealConfig, result: HealResult) -> dict[str, Any]:
@@ -410,6 +430,9 @@ def heal_step_record(config: HealConfig, result: HealResult) -> dict[str, Any]:
         params.update(lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, lora_merged=True)
     if result.teacher:
         params.update(teacher=result.teacher, kd_weight=config.kd_weight, kd_temperature=config.kd_temperature)
+    if result.hidden_pairs:
+        params.update(hidden_kd_weight=config.hidden_kd_weight,
+                      hidden_kd_blocks=[{"student": s, "teacher": t} for s, t in result.hidden_pairs])
     ppl = ""
     if result.ppl_before is not None and result.ppl_after is not None:
         ppl = f"; held-out perplexity {result.ppl_before:.2f} -> {result.ppl_after:.2f}"
