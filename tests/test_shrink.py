@@ -14,6 +14,7 @@ from layercut import cli
 from layercut.calibration.capture import LinearFitStats
 from layercut.errors import ConfigError, DataError
 from layercut.export import count_parameters
+from layercut.healing.hidden import block_origins
 from layercut.loading import load_model
 from layercut.shrink import (ModelSizes, ShrinkConfig, Target, apply_candidate, copy_loaded,
                              cut_for_target, model_sizes, predicted_decode_speedup,
@@ -90,7 +91,7 @@ def test_predicted_quality_ranks_candidates_as_held_out_perplexity_does(calib_te
     loaded.model.eval()
     calib, heldout = split_calibration(loaded.tokenizer, calib_text, 16, 8, 32, seed=1)
     assert not set(map(tuple, calib.tolist())) & set(map(tuple, heldout.tolist()))
-    candidates, fits = score_candidates(loaded, calib, 2, progress=False)
+    candidates, fits = score_candidates(loaded, calib, 2, progress=False, methods=("drop", "replaceme-lstsq"))
     assert len(candidates) == 2 * 5 and all(c.params == count_parameters(loaded.model) - 2 * count_parameters(
         loaded.adapter.blocks(loaded.model)[0]) for c in candidates)
     measured = []
@@ -128,6 +129,9 @@ def test_each_target_gives_a_model_of_the_right_size(target, layers, calib_text,
     else:
         assert predicted_decode_speedup(sizes, cut) >= 1.3 > predicted_decode_speedup(sizes, cut - 1)
     assert count_parameters(loaded.model) == sizes.parameters  # the dense model is left as it was
+    origins = block_origins(final.history, final.num_layers)  # what heal --hidden-kd-weight reads
+    assert origins is not None and len(set(origins)) == final.num_layers and max(origins) < 8
+    assert any(c["method"] == "streamline-layer" for c in result.state.checked)
 
 
 def test_heal_report_and_resume_after_ctrl_c(calib_text, tmp_path, monkeypatch):
@@ -175,6 +179,37 @@ def test_heal_report_and_resume_after_ctrl_c(calib_text, tmp_path, monkeypatch):
     assert not (out / "heal").exists() and fresh.state.cut == 1  # a fresh run (--overwrite) leaves nothing stale
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_streamline_candidate_is_the_one_prune_would_make(family):
+    """Shrink's Streamline candidate sits where `prune --method streamline-layer` puts its span (highest
+    cosine, one block longer than the net cut) and, built with the same settings and seed, has the same
+    weights; it is unpredicted, listed after the predicted candidates, and always checked."""
+    from layercut.methods.base import PruneRequest
+    from layercut.prune import prune
+    from layercut.shrink import STREAMLINE, STREAMLINE_EPOCHS, to_check
+
+    loaded = tiny_loaded(family, num_layers=8)
+    calib = random_windows(6, 16)
+    candidates, fits = score_candidates(loaded, calib, 2, progress=False)
+    trained = [c for c in candidates if c.method == STREAMLINE]
+    assert len(trained) == 1 and trained[0].predicted is None and candidates[-1] is trained[0]
+    assert trained[0] in to_check(candidates, 1)
+    built = copy_loaded(loaded)
+    removed = apply_candidate(built, trained[0], fits, calib, progress=False, seed=3)
+    reference = copy_loaded(loaded)
+    outcome = prune(reference, calib, PruneRequest(
+        "streamline-layer", cut=3, select="cosine", seed=3, progress=False,
+        options={"epochs": STREAMLINE_EPOCHS, "patience": 3, "train_batch_tokens": 16}))
+    assert outcome.span_starts == [trained[0].start] and removed == outcome.removed and built.num_layers == 6
+    mine, theirs = built.model.state_dict(), reference.model.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_unknown_methods_are_refused():
+    with pytest.raises(ConfigError, match="--methods drop,lasso: choose from drop, replaceme-lstsq, streamline-layer"):
+        ShrinkConfig(target=Target("layers", 5), methods=("drop", "lasso"))
+
+
 def test_time_limit_replans_the_schedule(calib_text):
     assert trainer.time_limited_steps(1000, 3, 3.0, 10.0) == 10
     assert trainer.time_limited_steps(5, 3, 3.0, 100.0) == 5
@@ -194,14 +229,14 @@ def test_cli_bad_targets_are_one_line_errors(tiny_dir, tmp_path, capsys, monkeyp
     assert not (tmp_path / "o").exists()
 
 
-def test_post_norm_families_get_drop_candidates_only():
+def test_post_norm_families_get_no_replaceme_candidates():
     """Shrink's one-pass residual predicts a plain down_proj fold, which Gemma 2/3 cannot take."""
     from layercut.shrink import candidate_methods, score_candidates
 
     loaded = tiny_loaded("gemma3", num_layers=6)
-    assert candidate_methods(loaded) == ("drop",)
+    assert candidate_methods(loaded) == ("drop", "streamline-layer")
     candidates, _ = score_candidates(loaded, random_windows(4, 16), 2, progress=False)
-    assert candidates and {candidate.method for candidate in candidates} == {"drop"}
+    assert candidates and {candidate.method for candidate in candidates} == {"drop", "streamline-layer"}
     assert "replaceme-lstsq" in candidate_methods(tiny_loaded("llama"))
 
 

@@ -3,9 +3,11 @@
 A target (a fraction of the parameters, a layer count, or an ideal decode speed-up by the FLOP
 model of `layercut bench`) fixes how many blocks go. One calibration pass scores every candidate
 (span position x method: plain drop, ReplaceMe least squares) by the relative residual its fit
-already has, ||M T + Y - L||^2 / ||L||^2 (T = I for a plain drop). The best few are checked on
-held-out windows of the calibration text, the winner is built and healed for what remains of the
-time budget, evaluated and saved. Every finished stage is written to `shrink_state.json` in the
+already has, ||M T + Y - L||^2 / ||L||^2 (T = I for a plain drop), and places LLM-Streamline's
+candidate (one trained layer for a span one block longer) where that method itself would, at the
+span of highest cosine. The best few predicted, the best of each method and the Streamline
+candidate (trained, so not predicted) are checked on held-out windows of the calibration text; the
+winner is healed for what remains of the time budget, evaluated and saved. Every finished stage is written to `shrink_state.json` in the
 output directory, so a rerun with `resume` skips it and healing continues from its checkpoint.
 """
 
@@ -22,19 +24,24 @@ from typing import Any, Literal
 import torch
 
 from layercut.calibration.capture import LinearFitStats, calibrate, collect_fit, fit_memory_bytes
+from layercut.calibration.scores import ScanStats, redundancy
+from layercut.calibration.selection import choose_spans
 from layercut.data import as_sources, seeded_groups, share_evenly, source_windows
 from layercut.errors import ConfigError, DataError
 from layercut.evaluation.perplexity import window_nll
 from layercut.export import count_parameters, write_text_atomic
 from layercut.loading import LoadedModel
+from layercut.methods.base import PruneRequest
 from layercut.methods.replaceme import fit_residual, fold_into_block, solve_lstsq
+from layercut.methods.streamline import streamline_layer
 from layercut.onload import materialize
-from layercut.shrink_report import REPORT_MD, REPORT_PNG, write_report
+from layercut.shrink_report import REPORT_MD, REPORT_PNG, STREAMLINE, candidate_name, write_report
 from layercut.speed import head_parameters
 from layercut.surgery import remove_blocks
 
 STATE_FILE = "shrink_state.json"
-METHODS = ("drop", "replaceme-lstsq")
+METHODS = ("drop", "replaceme-lstsq", STREAMLINE)
+STREAMLINE_EPOCHS = 10  # the replacement trains one window per step; shrink's few windows need more epochs
 TargetKind = Literal["params", "layers", "speedup"]
 
 
@@ -121,12 +128,12 @@ class Candidate:
     start: int
     cut: int
     params: int
-    predicted: float
+    predicted: float | None  # None: a trained replacement, measured only
     heldout_ppl: float | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.method} {self.start}-{self.start + self.cut - 1}"
+        return candidate_name(self.method, self.start, self.cut)
 
 
 def relative_residuals(stats: LinearFitStats, alpha: float = 0.0) -> dict[str, float]:
@@ -145,13 +152,21 @@ def candidate_starts(num_layers: int, cut: int) -> list[int]:
     return list(range(1, num_layers - cut))
 
 
+def streamline_start(scan: ScanStats, cut: int) -> int | None:
+    """Where LLM-Streamline puts a replacement that removes `cut` blocks: the span of `cut` + 1 blocks
+    with the highest cosine between its input and output, first and last blocks kept (None if none fits)."""
+    last = scan.num_layers - 1
+    starts = choose_spans(redundancy(scan, "cosine"), cut + 1, protected=(0, last))
+    return starts[0] if starts else None
+
+
 def score_candidates(loaded: LoadedModel, windows: torch.Tensor, cut: int, batch_size: int = 8,
-                     fit_memory_gib: float = 4.0, progress: bool = True
+                     fit_memory_gib: float = 4.0, progress: bool = True, methods: tuple[str, ...] = METHODS
                      ) -> tuple[list[Candidate], dict[int, LinearFitStats]]:
     """One calibration pass: every span start x method with its predicted (relative residual) error,
-    best first, and the least-squares sums per fold block (to build a candidate without another
-    pass). ReplaceMe skips spans holding a block that creates massive activations, as its
-    method does (no linear map reproduces them)."""
+    best first, then the Streamline candidate, and the least-squares sums per fold block (to build a
+    candidate without another pass). ReplaceMe skips spans holding a block that creates massive
+    activations, as its method does (no linear map reproduces them)."""
     starts = candidate_starts(loaded.num_layers, cut)
     dim = loaded.model.config.hidden_size
     needed = fit_memory_bytes(dim, len(starts))
@@ -163,27 +178,33 @@ def score_candidates(loaded: LoadedModel, windows: torch.Tensor, cut: int, batch
     massive = set(calibration.scan.massive_creators())
     params = count_parameters(loaded.model) - sum(
         count_parameters(b) for b in loaded.adapter.blocks(loaded.model)[starts[0]:starts[0] + cut])
+    usable = candidate_methods(loaded, methods)
     candidates = []
     for start in starts:
         residuals = relative_residuals(calibration.fits[start - 1])
-        for method in candidate_methods(loaded):
-            if method == "replaceme-lstsq" and massive & set(range(start, start + cut)):
+        for method in usable:
+            if method == STREAMLINE or method == "replaceme-lstsq" and massive & set(range(start, start + cut)):
                 continue
             candidates.append(Candidate(method, start, cut, params, residuals[method]))
-    return sorted(candidates, key=lambda c: c.predicted), calibration.fits
+    candidates.sort(key=lambda c: c.predicted)
+    trained_start = streamline_start(calibration.scan, cut) if STREAMLINE in usable else None
+    if trained_start is not None:
+        candidates.append(Candidate(STREAMLINE, trained_start, cut, params, None))
+    return candidates, calibration.fits
 
 
-def candidate_methods(loaded: LoadedModel) -> tuple[str, ...]:
-    """The methods shrink scores on this model: its one-pass residual predicts a map folded into
-    `down_proj`, which is the ReplaceMe fit only where the MLP output is not normalised; families
-    with a post-MLP norm (Gemma 2/3) get plain drops (`layercut prune --method replaceme-lstsq` fits
-    through their norm)."""
-    return METHODS if loaded.adapter.can_fold_linear else ("drop",)
+def candidate_methods(loaded: LoadedModel, methods: tuple[str, ...] = METHODS) -> tuple[str, ...]:
+    """Of `methods`, those shrink can build on this model: its one-pass residual predicts a map folded
+    into `down_proj`, which is the ReplaceMe fit only where the MLP output is not normalised; families
+    with a post-MLP norm (Gemma 2/3) get no ReplaceMe candidates (`layercut prune --method
+    replaceme-lstsq` fits through their norm)."""
+    return tuple(m for m in methods if m != "replaceme-lstsq" or loaded.adapter.can_fold_linear)
 
 
 def to_check(candidates: list[Candidate], top: int) -> list[Candidate]:
-    """The `top` best predicted candidates, plus the best of each method not among them."""
-    chosen = candidates[:top]
+    """The `top` best predicted candidates, plus the best of each method not among them (the trained
+    Streamline candidate, which has no prediction, is always checked)."""
+    chosen = [c for c in candidates if c.predicted is not None][:top]
     for method in METHODS:
         best = next((c for c in candidates if c.method == method), None)
         if best is not None and best not in chosen:
@@ -192,9 +213,16 @@ def to_check(candidates: list[Candidate], top: int) -> list[Candidate]:
 
 
 def apply_candidate(loaded: LoadedModel, candidate: Candidate, fits: dict[int, LinearFitStats],
-                    windows: torch.Tensor, batch_size: int = 8, progress: bool = True) -> list[int]:
-    """Cut `candidate` from `loaded` in place; ReplaceMe folds its least-squares map into the block
-    before the span, from `fits` or (after a resume) from a pass over `windows` that stops after the span."""
+                    windows: torch.Tensor, batch_size: int = 8, progress: bool = True, seed: int = 0) -> list[int]:
+    """Cut `candidate` from `loaded` in place and return the removed blocks; ReplaceMe folds its
+    least-squares map into the block before the span, from `fits` or (after a resume) from a pass
+    over `windows` that stops after the span; Streamline trains its layer on `windows`."""
+    if candidate.method == STREAMLINE:
+        request = PruneRequest(method=STREAMLINE, cut=candidate.cut + 1, start=candidate.start, batch_size=batch_size,
+                               seed=seed, progress=progress,
+                               options={"epochs": STREAMLINE_EPOCHS, "patience": 3,
+                                        "train_batch_tokens": windows.shape[1]})
+        return streamline_layer(loaded, windows, request, request.method_options()).removed
     if candidate.method == "replaceme-lstsq":
         if candidate.method not in candidate_methods(loaded):
             raise ConfigError(f"shrink cannot fold a ReplaceMe map into a {loaded.model.config.model_type} block "
@@ -207,6 +235,15 @@ def apply_candidate(loaded: LoadedModel, candidate: Candidate, fits: dict[int, L
     elif candidate.method != "drop":
         raise ValueError(f"unknown shrink method {candidate.method}")
     return remove_blocks(loaded, range(candidate.start, candidate.start + candidate.cut))
+
+
+def describe_cut(candidate: Candidate) -> str:
+    """What a candidate does to the model, in words."""
+    last = candidate.start + candidate.cut - 1
+    if candidate.method == STREAMLINE:
+        return (f"replaced blocks {candidate.start}..{last + 1} by one trained decoder layer "
+                f"({candidate.method})")
+    return f"removed blocks {candidate.start}..{last} ({candidate.method})"
 
 
 def copy_loaded(loaded: LoadedModel) -> LoadedModel:
@@ -294,6 +331,7 @@ class ShrinkConfig:
     seq_len: int = 256
     batch_size: int = 8
     check_top: int = 3
+    methods: tuple[str, ...] = METHODS
     budget_minutes: float = 10.0
     heal_data: list[str] = field(default_factory=list)  # empty: the calibration text
     heal_mode: Literal["full", "lora"] = "lora"
@@ -309,9 +347,14 @@ class ShrinkConfig:
     seed: int = 0
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ConfigError(f"--methods {','.join(self.methods)}: choose from {', '.join(METHODS)}")
+
     def settings(self, model: str) -> dict[str, Any]:
-        return {"model": model, **{k: v for k, v in asdict(self).items() if k != "target"},
-                "target": asdict(self.target)}
+        return {"model": model, **{k: v for k, v in asdict(self).items() if k not in ("target", "methods")},
+                "methods": list(self.methods), "target": asdict(self.target)}
 
 
 MIN_HEAL_SECONDS = 20.0
@@ -395,39 +438,40 @@ def shrink(loaded: LoadedModel, config: ShrinkConfig, out: str | Path, resume: b
                 state.dense["text"] = ppl_on_text(loaded, config)
                 state.dense["text_seconds"] = time.perf_counter() - started
             candidates, fits = score_candidates(loaded, calib, state.cut, config.batch_size, config.fit_memory_gib,
-                                                config.progress)
+                                                config.progress, config.methods)
             state.candidates = [asdict(c) for c in candidates]
         state.save(out)
     pruned_dir = out / "pruned"
     if state.chosen is None:
-        best: tuple[float, Candidate, LoadedModel] | None = None
+        best: tuple[float, Candidate, LoadedModel, list[int]] | None = None
         with Stage(state, "check"):
+            done = {Candidate(**d).name for d in state.checked}
             checked = [c for c in to_check([Candidate(**c) for c in state.candidates], config.check_top)
-                       if c.name not in {d["method"] + f" {d['start']}-{d['start'] + d['cut'] - 1}"
-                                         for d in state.checked}]
+                       if c.name not in done]
             for candidate in checked:
                 trial = copy_loaded(loaded)
-                apply_candidate(trial, candidate, fits, calib, config.batch_size, config.progress)
+                removed = apply_candidate(trial, candidate, fits, calib, config.batch_size, config.progress, config.seed)
                 candidate.heldout_ppl = windows_perplexity(trial, heldout, config.batch_size)
                 state.checked.append(asdict(candidate))
                 state.save(out)
                 if best is None or candidate.heldout_ppl < best[0]:
-                    best = (candidate.heldout_ppl, candidate, trial)
+                    best = (candidate.heldout_ppl, candidate, trial, removed)
             winner = Candidate(**min(state.checked, key=lambda c: c["heldout_ppl"]))
             if best is not None and best[1].name == winner.name:
-                pruned = best[2]
+                pruned, removed = best[2], best[3]
             else:
                 pruned = copy_loaded(loaded)
-                apply_candidate(pruned, winner, fits, calib, config.batch_size, config.progress)
+                removed = apply_candidate(pruned, winner, fits, calib, config.batch_size, config.progress, config.seed)
             save_checkpoint(pruned, pruned_dir, {
                 "command": "shrink", "method": winner.method,
-                "summary": f"{config.target.describe()}: removed blocks {winner.start}..{winner.start + winner.cut - 1} "
-                           f"({winner.method}), the best of {len(state.checked)} candidates checked on held-out text",
+                "summary": f"{config.target.describe()}: {describe_cut(winner)}, the best of {len(state.checked)} "
+                           "candidates checked on held-out text",
                 "params": {"target": asdict(config.target), "start": winner.start, "cut": winner.cut},
                 "calibration": {"source": config.calib, "samples": config.samples, "seq_len": config.seq_len,
                                 "seed": config.seed},
                 "result": {"heldout_ppl": winner.heldout_ppl, "dense_heldout_ppl": state.dense["heldout_ppl"],
-                           "predicted_residual": winner.predicted}}, overwrite=True)
+                           "predicted_residual": winner.predicted, "layers_before": sizes.num_layers,
+                           "removed_blocks": removed}}, overwrite=True)
         state.chosen = {**asdict(winner), "path": str(pruned_dir)}
         state.save(out)
     else:

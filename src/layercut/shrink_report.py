@@ -15,6 +15,14 @@ from layercut.export import save_figure_atomic, write_text_atomic
 
 REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
+STREAMLINE = "streamline-layer"
+
+
+def candidate_name(method: str, start: int, cut: int) -> str:
+    """'method first-last' over the blocks a candidate replaces: its `cut` blocks, or one more for
+    Streamline, whose trained layer stands in for the span."""
+    span = cut + 1 if method == STREAMLINE else cut
+    return f"{method} {start}-{start + span - 1}"
 
 
 def rank_agreement(first: list[float], second: list[float]) -> float:
@@ -34,7 +42,11 @@ def read_log(path: str | None) -> list[dict[str, Any]]:
 
 
 def _name(candidate: dict[str, Any]) -> str:
-    return f"{candidate['method']} {candidate['start']}-{candidate['start'] + candidate['cut'] - 1}"
+    return candidate_name(candidate["method"], candidate["start"], candidate["cut"])
+
+
+def _predicted(candidate: dict[str, Any]) -> str:
+    return "trained" if candidate["predicted"] is None else f"{candidate['predicted']:.4f}"
 
 
 def render_markdown(state: dict[str, Any]) -> str:
@@ -45,19 +57,21 @@ def render_markdown(state: dict[str, Any]) -> str:
              f"- calibration: {settings['samples']} windows x {settings['seq_len']} tokens of `{', '.join(calib)}`; "
              f"held-out check: {settings['heldout']} other windows of the same text",
              "- predicted quality: relative residual ||M T + Y - L||^2 / ||L||^2 of the span output "
-             "(T = I for a plain drop, the least-squares map for ReplaceMe)", "",
+             "(T = I for a plain drop, the least-squares map for ReplaceMe); the Streamline candidate (one "
+             "trained layer for the span of highest cosine, one block longer) is trained, not predicted", "",
              "## Candidates checked on held-out text", "",
              "| candidate | predicted residual | held-out ppl | x dense |", "|---|---:|---:|---:|"]
-    for candidate in sorted(state["checked"], key=lambda c: c["predicted"]):
+    for candidate in sorted(state["checked"], key=lambda c: (c["predicted"] is None, c["predicted"] or 0.0)):
         mark = " (chosen)" if chosen and _name(candidate) == _name(chosen) else ""
-        lines.append(f"| {_name(candidate)}{mark} | {candidate['predicted']:.4f} | {candidate['heldout_ppl']:.2f} "
+        lines.append(f"| {_name(candidate)}{mark} | {_predicted(candidate)} | {candidate['heldout_ppl']:.2f} "
                      f"| {candidate['heldout_ppl'] / dense['heldout_ppl']:.2f} |")
-    if len(state["checked"]) > 1:
-        agreement = rank_agreement([c["predicted"] for c in state["checked"]], [c["heldout_ppl"] for c in state["checked"]])
+    predicted = [c for c in state["checked"] if c["predicted"] is not None]
+    if len(predicted) > 1:
+        agreement = rank_agreement([c["predicted"] for c in predicted], [c["heldout_ppl"] for c in predicted])
         lines += ["", f"Rank agreement (Spearman) of predicted residual and held-out perplexity: {agreement:.2f}"]
     lines += ["", f"Dense held-out perplexity: {dense['heldout_ppl']:.2f}. Best five of all "
               f"{len(state['candidates'])} scored candidates: "
-              + ", ".join(f"{_name(c)} ({c['predicted']:.4f})" for c in state['candidates'][:5]), ""]
+              + ", ".join(f"{_name(c)} ({_predicted(c)})" for c in state['candidates'][:5]), ""]
     heal = state["heal"] or {}
     lines += ["## Healing", ""]
     if "skipped" in heal:
@@ -94,7 +108,7 @@ def plot_report(state: dict[str, Any], path: Path) -> Path:
     frontier, curve = figure.subplots(1, 2)
     dense = state["dense"]
     frontier.scatter([1.0], [dense["heldout_ppl"]], marker="*", s=120, color="black", label="dense")
-    for method, marker in (("drop", "x"), ("replaceme-lstsq", "o")):
+    for method, marker in (("drop", "x"), ("replaceme-lstsq", "o"), (STREAMLINE, "s")):
         points = [c for c in state["checked"] if c["method"] == method]
         if points:
             frontier.scatter([c["params"] / dense["params"] for c in points], [c["heldout_ppl"] for c in points],

@@ -10,8 +10,9 @@ import sys
 from layercut.commands.flags import add_model_args, calib_sources, int_at_least, positive_int
 from layercut.errors import ConfigError
 
-DESCRIPTION = ("Shrink a model to a size target: score every cut (drop / ReplaceMe) in one calibration pass, check "
-               "the best on held-out text, heal the winner within a time budget, evaluate, write model + report.")
+DESCRIPTION = ("Shrink a model to a size target: score every cut (drop / ReplaceMe) in one calibration pass, add "
+               "Streamline's, check the best on held-out text, heal the winner within a time budget, evaluate, "
+               "write model + report.")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calib.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass")
     calib.add_argument("--check-top", type=positive_int, default=3,
                        help="best predicted candidates checked on held-out text (default: %(default)s)")
+    calib.add_argument("--methods", type=lambda text: tuple(part.strip() for part in text.split(",") if part.strip()),
+                       default=None, help="comma-separated candidate methods (default: drop,replaceme-lstsq,"
+                                          "streamline-layer)")
     calib.add_argument("--fit-memory-gib", type=float, default=4.0, help="memory allowed for the least-squares sums")
     heal = parser.add_argument_group("healing")
     heal.add_argument("--budget-minutes", type=float, required=True, help="wall-clock budget of the whole run")
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from layercut.commands.common import load_from_args
     from layercut.export import ensure_output_free
     from layercut.loading import peek_config
-    from layercut.shrink import STATE_FILE, ShrinkConfig, check_target_layers, shrink
+    from layercut.shrink import METHODS, STATE_FILE, ShrinkConfig, check_target_layers, shrink
 
     target = target_from_args(args)
     if args.budget_minutes <= 0:
@@ -90,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
         ensure_output_free(args.out, args.overwrite)
     config = ShrinkConfig(
         target=target, calib=calib_sources(args), samples=args.samples, heldout=args.heldout, seq_len=args.seq_len,
-        batch_size=args.batch_size, check_top=args.check_top, budget_minutes=args.budget_minutes,
-        heal_data=args.heal_data, heal_mode=args.heal_mode, heal_lr=args.heal_lr, heal_seq_len=args.heal_seq_len,
-        heal_batch_size=args.heal_batch_size, heal_tokens=args.heal_tokens, kd_weight=args.kd_weight, ppl=args.ppl, ppl_max_tokens=args.max_tokens,
-        ppl_seq_len=args.ppl_seq_len, fit_memory_gib=args.fit_memory_gib, seed=args.seed,
-        progress=not args.no_progress)
+        batch_size=args.batch_size, check_top=args.check_top, methods=args.methods or METHODS,
+        budget_minutes=args.budget_minutes, heal_data=args.heal_data, heal_mode=args.heal_mode, heal_lr=args.heal_lr,
+        heal_seq_len=args.heal_seq_len, heal_batch_size=args.heal_batch_size, heal_tokens=args.heal_tokens,
+        kd_weight=args.kd_weight, ppl=args.ppl, ppl_max_tokens=args.max_tokens, ppl_seq_len=args.ppl_seq_len,
+        fit_memory_gib=args.fit_memory_gib, seed=args.seed, progress=not args.no_progress)
     loaded = load_from_args(args)
     result = shrink(loaded, config, args.out, resume=args.resume)
     if result.interrupted:
