@@ -51,15 +51,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def scores(loaded, args) -> dict:
-    """WikiText-2 test (15,104 tokens, windows of 256), pydoc-eval (32,768 tokens, windows of 2,048), tasks."""
+def scores(loaded, limit: int, tasks: tuple[str, ...] = TASKS, pydoc_tokens: int = 32768) -> dict:
+    """WikiText-2 test (15,104 tokens, windows of 256), pydoc-eval (windows of 2,048), zero-shot tasks."""
     wiki = text_perplexity(loaded, TEST, seq_len=256, max_tokens=15104, progress=False).perplexity
-    pydoc = text_perplexity(loaded, "builtin:pydoc-eval", max_tokens=32768, progress=False).perplexity
-    tasks = {}
-    for name in TASKS:
-        task = load_task(name, SHARED / "tasks", limit=args.limit)
-        tasks[name] = evaluate_task(loaded, task, 16, False).score
-    return {"wikitext2_ppl": wiki, "pydoc_eval_ppl": pydoc, "tasks": tasks, "task_sum": sum(tasks.values())}
+    pydoc = text_perplexity(loaded, "builtin:pydoc-eval", max_tokens=pydoc_tokens, progress=False).perplexity
+    accuracy = {}
+    for name in tasks:
+        task = load_task(name, SHARED / "tasks", limit=limit)
+        accuracy[name] = evaluate_task(loaded, task, 16, False).score
+    return {"wikitext2_ppl": wiki, "pydoc_eval_ppl": pydoc, "tasks": accuracy, "task_sum": sum(accuracy.values())}
 
 
 def main() -> None:
@@ -68,9 +68,9 @@ def main() -> None:
     teacher = load_model(args.teacher, dtype="float32", device="cpu")
     rows = []
     if args.dense:
-        rows.append({"variant": "dense (teacher)", **scores(teacher, args)})
+        rows.append({"variant": "dense (teacher)", **scores(teacher, args.limit)})
     if not args.speed_only:
-        rows.append({"variant": "cut, not healed", **scores(pruned, args)})
+        rows.append({"variant": "cut, not healed", **scores(pruned, args.limit)})
     for spec in args.variants.split(","):
         mode, scope, *rest = spec.split(":")
         lr = float(rest[0]) if rest else None
@@ -88,7 +88,7 @@ def main() -> None:
                "steps": result.steps, "tokens": result.tokens, "train_seconds": result.train_seconds,
                "cpu_seconds": round(cpu, 1), "tokens_per_second": result.tokens_per_second,
                "tokens_per_cpu_second": round(result.tokens / cpu, 1),
-               **({} if args.speed_only else scores(student, args))}
+               **({} if args.speed_only else scores(student, args.limit))}
         rows.append(row)
         print(json.dumps(row), flush=True)
     record = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",

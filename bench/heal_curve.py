@@ -1,0 +1,140 @@
+"""Healing curve: quality of one healing run after each token milestone, against tokens and CPU time.
+
+One run (one learning-rate schedule planned for the last milestone) is stopped at every milestone the
+way Ctrl-C stops it: a checkpoint is saved and the LoRA matrices are merged. That model is scored
+(WikiText-2 test, Python reference text healing never saw, zero-shot tasks against the dense model on
+the same items), then a fresh copy of the cut model resumes from the checkpoint, bit-exactly, to the
+next milestone. Tokens, wall and CPU seconds of training are cumulative.
+
+    python bench/heal_curve.py --model out/cut8 --milestones 50000,100000,200000,350000,500000 \
+        --json bench/heal_curve.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from heal_budget import TRAIN, scores
+
+import layercut.healing.trainer as trainer
+from layercut.commands.common import seed_everything
+from layercut.healing.trainer import build_config, heal
+from layercut.loading import load_model
+
+TASKS = ("arc_easy", "piqa", "hellaswag", "openbook_qa")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="the pruned model to heal")
+    parser.add_argument("--teacher", default="smollm2-135m")
+    parser.add_argument("--milestones", default="50000,100000,200000,350000,500000", help="training tokens")
+    parser.add_argument("--mode", choices=("full", "lora"), default="lora")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--kd-weight", type=float, default=0.7)
+    parser.add_argument("--hidden-kd-weight", type=float, default=0.0)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--limit", type=int, default=300, help="items per zero-shot task")
+    parser.add_argument("--pydoc-tokens", type=int, default=8192, help="tokens of builtin:pydoc-eval scored")
+    parser.add_argument("--json", default="bench/heal_curve.json")
+    return parser.parse_args()
+
+
+def stop_at(step: int):
+    """A train_step that raises KeyboardInterrupt before optimizer step `step` (0-based), as Ctrl-C would."""
+    real = trainer.train_step
+
+    def step_or_stop(run, index):
+        if index == step:
+            raise KeyboardInterrupt
+        return real(run, index)
+    return real, step_or_stop
+
+
+def retention(row: dict, dense: dict) -> float:
+    return row["task_sum"] / dense["task_sum"]
+
+
+def plot(rows: list[dict], dense: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 4))
+    FigureCanvasAgg(figure)
+    ppl, tasks, speed = figure.subplots(1, 3)
+    tokens = [r["tokens"] / 1e6 for r in rows]
+    for key, label in (("wikitext2_ppl", "WikiText-2 test"), ("pydoc_eval_ppl", "pydoc-eval")):
+        ppl.plot(tokens, [r[key] / dense[key] for r in rows], marker="o", label=label)
+    ppl.axhline(1.0, color="grey", linewidth=0.8)
+    ppl.set(xlabel="training tokens (M)", ylabel="perplexity / dense", title="perplexity")
+    ppl.legend(fontsize=8)
+    tasks.plot(tokens, [100 * retention(r, dense) for r in rows], marker="o")
+    tasks.set(xlabel="training tokens (M)", ylabel="% of dense (summed accuracy)",
+              title=f"zero-shot retention ({', '.join(TASKS)})")
+    speed.plot([r["cpu_seconds"] / 60 for r in rows], [r["wikitext2_ppl"] / dense["wikitext2_ppl"] for r in rows],
+               marker="o", label="WikiText-2")
+    speed.plot([r["cpu_seconds"] / 60 for r in rows], [r["pydoc_eval_ppl"] / dense["pydoc_eval_ppl"] for r in rows],
+               marker="o", label="pydoc-eval")
+    speed.set(xlabel="training CPU-minutes (all threads)", ylabel="perplexity / dense", title="per CPU-minute")
+    speed.legend(fontsize=8)
+    for axis in (ppl, tasks, speed):
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    args = parse_args()
+    milestones = sorted(int(m) for m in args.milestones.split(","))
+    teacher = load_model(args.teacher, dtype="float32", device="cpu")
+    dense = {"variant": "dense", **scores(teacher, args.limit, TASKS, args.pydoc_tokens)}
+    print(json.dumps(dense), flush=True)
+    cut = load_model(args.model, dtype="float32", device="cpu")
+    rows = [{"tokens": 0, "train_seconds": 0.0, "cpu_seconds": 0.0, **scores(cut, args.limit, TASKS, args.pydoc_tokens)}]
+    print(json.dumps(rows[0]), flush=True)
+    work = Path(tempfile.mkdtemp(prefix="heal-curve-"))
+    config = build_config(data=TRAIN, mode=args.mode, lr=args.lr, teacher=args.teacher, kd_weight=args.kd_weight,
+                          hidden_kd_weight=args.hidden_kd_weight, seq_len=args.seq_len, batch_size=args.batch_size,
+                          warmup=10, tokens=milestones[-1], work_dir=str(work), progress=False)
+    resume, cpu = None, 0.0
+    for milestone in milestones:
+        seed_everything(0)
+        student = load_model(args.model, dtype="float32", device="cpu")
+        real, step_or_stop = stop_at(milestone // config.tokens_per_step)
+        trainer.train_step = step_or_stop
+        started = time.process_time()
+        try:
+            result = heal(student, config.model_copy(update={"resume": resume}), teacher=teacher)
+        finally:
+            trainer.train_step = real
+        cpu += time.process_time() - started
+        resume = result.checkpoint
+        row = {"tokens": result.tokens, "steps": result.steps, "train_seconds": result.train_seconds,
+               "cpu_seconds": round(cpu, 1), **scores(student, args.limit, TASKS, args.pydoc_tokens)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    record = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+              "args": vars(args), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+              "dense": dense, "rows": rows}
+    Path(args.json).write_text(json.dumps(record, indent=2))
+    plot(rows, dense, Path(args.json).with_suffix(".png"))
+    print("| tokens | train wall s | train CPU s | WikiText-2 (x dense) | pydoc-eval (x dense) | "
+          + " | ".join(TASKS) + " | retention |")
+    print("|" + "---:|" * (6 + len(TASKS)))
+    for row in rows:
+        print(f"| {row['tokens']:,} | {row['train_seconds']:.0f} | {row['cpu_seconds']:.0f} | "
+              f"{row['wikitext2_ppl']:.2f} ({row['wikitext2_ppl'] / dense['wikitext2_ppl']:.2f}) | "
+              f"{row['pydoc_eval_ppl']:.2f} ({row['pydoc_eval_ppl'] / dense['pydoc_eval_ppl']:.2f}) | "
+              + " | ".join(f"{row['tasks'][t]:.3f}" for t in TASKS) + f" | {100 * retention(row, dense):.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
