@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from layercut.adapters import ArchAdapter
@@ -22,7 +24,9 @@ def add_lora(model: nn.Module, adapter: ArchAdapter, rank: int, alpha: float, dr
                                            "add lora_targets to its entry in layercut/adapters.py or use --mode full")
     targets = list(adapter.lora_targets) if first_block == 0 else lora_target_names(model, adapter, first_block)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=targets)
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
