@@ -261,6 +261,23 @@ def test_max_seconds_stops_training_and_replans_the_schedule(small_text, monkeyp
     assert result.steps == result.total_steps == 6
 
 
+def test_slow_first_steps_are_not_taken_for_the_rate(small_text, monkeypatch):
+    """The first three steps take 3 s, the rest 1 s: the re-plan after step 3 expects 33 steps in 100 s,
+    the one after step 20 measures 1 s a step since step 3 and extends the run to fill the budget."""
+    calls = {"n": 0, "t": 0.0}
+
+    def clock() -> float:  # the trainer reads the clock at the start and at the end of every step
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:
+            calls["t"] += 3.0 if calls["n"] <= 6 else 1.0
+        return calls["t"]
+
+    monkeypatch.setattr(heal_module.time, "perf_counter", clock)
+    result = heal(tiny_loaded("llama"), quick_config(small_text, steps=500, max_seconds=100))
+    assert result.steps == result.total_steps == 94
+    assert heal_module.time_limited_steps(500, 3, 9.0, 100.0) == 33
+
+
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_train_from_auto_keeps_the_blocks_below_the_cut_and_the_embeddings(small_text, mode):
     """With a teacher, `auto` finds the first block that differs (here block 2, changed on purpose) and

@@ -38,7 +38,9 @@ from layercut.loading import LoadedModel, load_model
 
 CURVE_FILE = "loss_curve.png"
 DEFAULT_LR = {"full": 1e-4, "lora": 1e-3}
-TIME_PROBE_STEPS = 3  # with max_seconds, the schedule is re-planned from the speed of the first steps
+# With max_seconds the schedule is re-planned after these steps: from the speed of the first steps, then
+# from the speed of the steps since the first probe (the first steps of a run are often the slowest).
+TIME_PROBE_STEPS = (3, 20)
 
 
 class NonFiniteLossError(LayercutError):
@@ -157,13 +159,15 @@ def training_windows(tokenizer: Any, config: HealConfig) -> torch.Tensor:
     return windows
 
 
-def time_limited_steps(total: int, done: int, seconds: float, max_seconds: float | None) -> int:
+def time_limited_steps(total: int, done: int, seconds: float, max_seconds: float | None,
+                       per_step: float | None = None) -> int:
     """The planned step count once `done` steps took `seconds`: unchanged without a time limit, else
-    cut to the steps the remaining time allows at the rate so far (at least one more step), so the
-    learning-rate schedule still ends at its floor when the time runs out."""
+    the steps the remaining time allows at `per_step` seconds a step (default: the average so far),
+    at most `total` and at least one more, so the learning-rate schedule still ends at its floor when
+    the time runs out."""
     if max_seconds is None or done == 0 or seconds <= 0:
         return total
-    affordable = done + int((max_seconds - seconds) / (seconds / done))
+    affordable = done + int((max_seconds - seconds) / (per_step or seconds / done))
     return max(done + 1, min(total, affordable))
 
 
@@ -342,12 +346,13 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.peak_lr,
                                   betas=(0.9, 0.95), weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    total = planned_steps(config.steps, config.tokens, config.tokens_per_step)
+    total = cap = planned_steps(config.steps, config.tokens, config.tokens_per_step)
     run = TrainingRun(model, teacher_model, windows, optimizer, scaler, config, total, device, amp_dtype, shared,
                       hidden)
 
     log: list[dict] = []
     step, seconds, checkpoint = 0, 0.0, None
+    probe_seconds = 0.0  # training seconds at the first time probe
     if resumed is not None:
         log = load_training_checkpoint(Path(config.resume), model, optimizer, scaler)
         step, seconds, checkpoint = int(resumed["step"]), float(resumed["train_seconds"]), config.resume
@@ -378,8 +383,11 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
                                          "or check the data") from None
             seconds += time.perf_counter() - started
             step += 1
-            if step == TIME_PROBE_STEPS and resumed is None:
-                total = run.total_steps = time_limited_steps(total, step, seconds, config.max_seconds)
+            if step in TIME_PROBE_STEPS and resumed is None:
+                first = TIME_PROBE_STEPS[0]
+                per_step = (seconds - probe_seconds) / (step - first) if step > first else None
+                probe_seconds = seconds if step == first else probe_seconds
+                total = run.total_steps = time_limited_steps(cap, step, seconds, config.max_seconds, per_step)
                 bar.total = total
             boundary_rng = rng_states()
             record = {"step": step, **record, "tokens": step * config.tokens_per_step, "seconds": round(seconds, 3)}
