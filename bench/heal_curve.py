@@ -8,6 +8,13 @@ next milestone. Tokens, wall and CPU seconds of training are cumulative.
 
     python bench/heal_curve.py --model out/cut8 --milestones 50000,100000,200000,350000,500000 \
         --json bench/heal_curve.json
+
+With --checkpoints HEAL_DIR it trains nothing: it scores the LoRA checkpoints a finished `heal` run left
+in HEAL_DIR (checkpoint-NNNNNN, from --save-every), rebuilt on --model (the model that run started
+from) and merged, plus that run's final model (HEAL_DIR itself); tokens and training seconds come from
+the run's log. A checkpoint of the last step scores exactly as the final model (checked on a tiny run).
+
+    python bench/heal_curve.py --model out/ship/01-prune --checkpoints out/ship/02-heal --json bench/ship_curve.json
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--limit", type=int, default=300, help="items per zero-shot task")
     parser.add_argument("--pydoc-tokens", type=int, default=8192, help="tokens of builtin:pydoc-eval scored")
+    parser.add_argument("--checkpoints", default=None, help="score a finished LoRA heal run's checkpoints instead")
+    parser.add_argument("--lora-rank", type=int, default=16, help="the LoRA rank of that run (--checkpoints)")
+    parser.add_argument("--lora-alpha", type=float, default=32.0, help="its LoRA alpha (--checkpoints)")
     parser.add_argument("--json", default="bench/heal_curve.json")
     return parser.parse_args()
 
@@ -57,6 +67,42 @@ def stop_at(step: int):
             raise KeyboardInterrupt
         return real(run, index)
     return real, step_or_stop
+
+
+def from_checkpoint(base: str, checkpoint: Path, rank: int, alpha: float):
+    """The model `base` with the LoRA matrices of a heal checkpoint, merged (as heal itself exports it)."""
+    from safetensors.torch import load_file
+
+    from layercut.healing.lora import add_lora, merge_lora
+    from layercut.healing.state import WEIGHTS_FILE
+
+    loaded = load_model(base, dtype="float32", device="cpu")
+    wrapped = add_lora(loaded.model, loaded.adapter, rank, alpha, 0.0)
+    params = dict(wrapped.named_parameters())
+    with torch.no_grad():
+        for name, tensor in load_file(str(checkpoint / WEIGHTS_FILE)).items():
+            params[name].copy_(tensor)
+    loaded.model = merge_lora(wrapped).eval()
+    return loaded
+
+
+def scored_checkpoints(args: argparse.Namespace) -> list[dict]:
+    """Rows for every checkpoint of a finished run and its final model, from the run's own log."""
+    run = Path(args.checkpoints)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    by_step = {record["step"]: record for record in log}
+    points = [(int(path.name.rsplit("-", 1)[1]), path) for path in sorted(run.glob("checkpoint-*"))]
+    rows = []
+    if not points or points[-1][0] != log[-1]["step"]:
+        points.append((log[-1]["step"], None))  # the run's exported model (none of its checkpoints is the end)
+    for step, path in points:
+        model = (from_checkpoint(args.model, path, args.lora_rank, args.lora_alpha) if path is not None
+                 else load_model(str(run), dtype="float32", device="cpu"))
+        row = {"tokens": by_step[step]["tokens"], "steps": step, "train_seconds": by_step[step]["seconds"],
+               "cpu_seconds": None, **scores(model, args.limit, TASKS, args.pydoc_tokens)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def retention(row: dict, dense: dict) -> float:
@@ -79,11 +125,12 @@ def plot(rows: list[dict], dense: dict, path: Path) -> None:
     tasks.plot(tokens, [100 * retention(r, dense) for r in rows], marker="o")
     tasks.set(xlabel="training tokens (M)", ylabel="% of dense (summed accuracy)",
               title=f"zero-shot retention ({', '.join(TASKS)})")
-    speed.plot([r["cpu_seconds"] / 60 for r in rows], [r["wikitext2_ppl"] / dense["wikitext2_ppl"] for r in rows],
-               marker="o", label="WikiText-2")
-    speed.plot([r["cpu_seconds"] / 60 for r in rows], [r["pydoc_eval_ppl"] / dense["pydoc_eval_ppl"] for r in rows],
-               marker="o", label="pydoc-eval")
-    speed.set(xlabel="training CPU-minutes (all threads)", ylabel="perplexity / dense", title="per CPU-minute")
+    use_cpu = all(r["cpu_seconds"] is not None for r in rows)
+    minutes = [(r["cpu_seconds"] if use_cpu else r["train_seconds"]) / 60 for r in rows]
+    for key, label in (("wikitext2_ppl", "WikiText-2"), ("pydoc_eval_ppl", "pydoc-eval")):
+        speed.plot(minutes, [r[key] / dense[key] for r in rows], marker="o", label=label)
+    speed.set(xlabel="training CPU-minutes (all threads)" if use_cpu else "training minutes (wall)",
+              ylabel="perplexity / dense", title="per minute of training")
     speed.legend(fontsize=8)
     for axis in (ppl, tasks, speed):
         axis.grid(alpha=0.3)
@@ -100,6 +147,9 @@ def main() -> None:
     cut = load_model(args.model, dtype="float32", device="cpu")
     rows = [{"tokens": 0, "train_seconds": 0.0, "cpu_seconds": 0.0, **scores(cut, args.limit, TASKS, args.pydoc_tokens)}]
     print(json.dumps(rows[0]), flush=True)
+    if args.checkpoints:
+        write(args, dense, rows + scored_checkpoints(args))
+        return
     work = Path(tempfile.mkdtemp(prefix="heal-curve-"))
     config = build_config(data=TRAIN, mode=args.mode, lr=args.lr, teacher=args.teacher, kd_weight=args.kd_weight,
                           hidden_kd_weight=args.hidden_kd_weight, seq_len=args.seq_len, batch_size=args.batch_size,
@@ -121,6 +171,11 @@ def main() -> None:
                "cpu_seconds": round(cpu, 1), **scores(student, args.limit, TASKS, args.pydoc_tokens)}
         rows.append(row)
         print(json.dumps(row), flush=True)
+    write(args, dense, rows)
+
+
+def write(args: argparse.Namespace, dense: dict, rows: list[dict]) -> None:
+    """The JSON record, the PNG next to it and a markdown table on stdout."""
     record = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
               "args": vars(args), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
               "dense": dense, "rows": rows}
@@ -130,7 +185,8 @@ def main() -> None:
           + " | ".join(TASKS) + " | retention |")
     print("|" + "---:|" * (6 + len(TASKS)))
     for row in rows:
-        print(f"| {row['tokens']:,} | {row['train_seconds']:.0f} | {row['cpu_seconds']:.0f} | "
+        cpu = "" if row["cpu_seconds"] is None else f"{row['cpu_seconds']:.0f}"
+        print(f"| {row['tokens']:,} | {row['train_seconds']:.0f} | {cpu} | "
               f"{row['wikitext2_ppl']:.2f} ({row['wikitext2_ppl'] / dense['wikitext2_ppl']:.2f}) | "
               f"{row['pydoc_eval_ppl']:.2f} ({row['pydoc_eval_ppl'] / dense['pydoc_eval_ppl']:.2f}) | "
               + " | ".join(f"{row['tasks'][t]:.3f}" for t in TASKS) + f" | {100 * retention(row, dense):.1f}% |")
