@@ -263,7 +263,8 @@ def test_max_seconds_stops_training_and_replans_the_schedule(small_text, monkeyp
 
 def test_slow_first_steps_are_not_taken_for_the_rate(small_text, monkeypatch):
     """The first three steps take 3 s, the rest 1 s: the re-plan after step 3 expects 33 steps in 100 s,
-    the one after step 20 measures 1 s a step since step 3 and extends the run to fill the budget."""
+    the one after step 20 takes the median of the last 20 step times (1 s) and extends the run to fill
+    the budget; the later ones (every 20 steps) keep that plan."""
     calls = {"n": 0, "t": 0.0}
 
     def clock() -> float:  # the trainer reads the clock at the start and at the end of every step

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import shutil
+import statistics
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,9 +40,9 @@ from layercut.loading import LoadedModel, load_model
 
 CURVE_FILE = "loss_curve.png"
 DEFAULT_LR = {"full": 1e-4, "lora": 1e-3}
-# With max_seconds the schedule is re-planned after these steps: from the speed of the first steps, then
-# from the speed of the steps since the first probe (the first steps of a run are often the slowest).
-TIME_PROBE_STEPS = (3, 20)
+# With max_seconds the schedule is re-planned after step 3 from the speed so far, then every 20 steps from
+# the median duration of the last 20 (robust to the slow first steps and to a passing load spike).
+FIRST_PROBE, PROBE_EVERY = 3, 20
 
 
 class NonFiniteLossError(LayercutError):
@@ -352,7 +354,7 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
 
     log: list[dict] = []
     step, seconds, checkpoint = 0, 0.0, None
-    probe_seconds = 0.0  # training seconds at the first time probe
+    recent: deque[float] = deque(maxlen=PROBE_EVERY)  # durations of the last steps, for the time re-plan
     if resumed is not None:
         log = load_training_checkpoint(Path(config.resume), model, optimizer, scaler)
         step, seconds, checkpoint = int(resumed["step"]), float(resumed["train_seconds"]), config.resume
@@ -381,12 +383,12 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
                 kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written"
                 raise NonFiniteLossError(f"{exc}; stopped ({kept}); lower --lr or --max-grad-norm, "
                                          "or check the data") from None
-            seconds += time.perf_counter() - started
+            duration = time.perf_counter() - started
+            seconds += duration
+            recent.append(duration)
             step += 1
-            if step in TIME_PROBE_STEPS and resumed is None:
-                first = TIME_PROBE_STEPS[0]
-                per_step = (seconds - probe_seconds) / (step - first) if step > first else None
-                probe_seconds = seconds if step == first else probe_seconds
+            if resumed is None and (step == FIRST_PROBE or step % PROBE_EVERY == 0):
+                per_step = statistics.median(recent) if step % PROBE_EVERY == 0 else None
                 total = run.total_steps = time_limited_steps(cap, step, seconds, config.max_seconds, per_step)
                 bar.total = total
             boundary_rng = rng_states()
