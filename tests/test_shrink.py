@@ -213,7 +213,7 @@ def test_unknown_methods_are_refused():
 def test_time_limit_replans_the_schedule(calib_text):
     assert trainer.time_limited_steps(1000, 3, 3.0, 10.0) == 10
     assert trainer.time_limited_steps(5, 3, 3.0, 100.0) == 5
-    assert trainer.time_limited_steps(1000, 3, 30.0, 10.0) == 4
+    assert trainer.time_limited_steps(1000, 3, 30.0, 10.0) == 3  # over time already: stop now
     assert trainer.time_limited_steps(1000, 3, 3.0, None) == 1000
 
 

@@ -40,9 +40,9 @@ from layercut.loading import LoadedModel, load_model
 
 CURVE_FILE = "loss_curve.png"
 DEFAULT_LR = {"full": 1e-4, "lora": 1e-3}
-# With max_seconds the schedule is re-planned after step 3 from the speed so far, then every 20 steps from
-# the median duration of the last 20 (robust to the slow first steps and to a passing load spike).
-FIRST_PROBE, PROBE_EVERY = 3, 20
+# With max_seconds the schedule is re-planned after every step from step 3 on, from the median duration of
+# the last 20 steps (robust to the slow first steps of a run and to a passing load spike).
+FIRST_PROBE, RECENT_STEPS = 3, 20
 
 
 class NonFiniteLossError(LayercutError):
@@ -165,12 +165,12 @@ def time_limited_steps(total: int, done: int, seconds: float, max_seconds: float
                        per_step: float | None = None) -> int:
     """The planned step count once `done` steps took `seconds`: unchanged without a time limit, else
     the steps the remaining time allows at `per_step` seconds a step (default: the average so far),
-    at most `total` and at least one more, so the learning-rate schedule still ends at its floor when
-    the time runs out."""
+    at most `total` and at least `done` (time is up), so the learning-rate schedule still ends at its
+    floor when the time runs out."""
     if max_seconds is None or done == 0 or seconds <= 0:
         return total
     affordable = done + int((max_seconds - seconds) / (per_step or seconds / done))
-    return max(done + 1, min(total, affordable))
+    return max(done, min(total, affordable))
 
 
 def held_out_windows(tokenizer: Any, config: HealConfig) -> torch.Tensor | None:
@@ -354,7 +354,7 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
 
     log: list[dict] = []
     step, seconds, checkpoint = 0, 0.0, None
-    recent: deque[float] = deque(maxlen=PROBE_EVERY)  # durations of the last steps, for the time re-plan
+    recent: deque[float] = deque(maxlen=RECENT_STEPS)  # durations of the last steps, for the time re-plan
     if resumed is not None:
         log = load_training_checkpoint(Path(config.resume), model, optimizer, scaler)
         step, seconds, checkpoint = int(resumed["step"]), float(resumed["train_seconds"]), config.resume
@@ -387,9 +387,9 @@ def heal(loaded: LoadedModel, config: HealConfig, teacher: LoadedModel | None = 
             seconds += duration
             recent.append(duration)
             step += 1
-            if resumed is None and (step == FIRST_PROBE or step % PROBE_EVERY == 0):
-                per_step = statistics.median(recent) if step % PROBE_EVERY == 0 else None
-                total = run.total_steps = time_limited_steps(cap, step, seconds, config.max_seconds, per_step)
+            if resumed is None and step >= FIRST_PROBE and config.max_seconds:
+                total = run.total_steps = time_limited_steps(cap, step, seconds, config.max_seconds,
+                                                             statistics.median(recent))
                 bar.total = total
             boundary_rng = rng_states()
             record = {"step": step, **record, "tokens": step * config.tokens_per_step, "seconds": round(seconds, 3)}
