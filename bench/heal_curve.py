@@ -122,7 +122,11 @@ def plot(rows: list[dict], dense: dict, path: Path) -> None:
     ppl.axhline(1.0, color="grey", linewidth=0.8)
     ppl.set(xlabel="training tokens (M)", ylabel="perplexity / dense", title="perplexity")
     ppl.legend(fontsize=8)
-    tasks.plot(tokens, [100 * retention(r, dense) for r in rows], marker="o")
+    kept = [100 * retention(r, dense) for r in rows]
+    tasks.plot(tokens, kept, marker="o")
+    tasks.axhline(95.0, color="grey", linestyle="--", linewidth=0.8, label="issue 14 target")
+    tasks.set_ylim(min(85.0, min(kept) - 2.0), 100.0)
+    tasks.legend(fontsize=8)
     tasks.set(xlabel="training tokens (M)", ylabel="% of dense (summed accuracy)",
               title=f"zero-shot retention ({', '.join(TASKS)})")
     use_cpu = all(r["cpu_seconds"] is not None for r in rows)
@@ -174,10 +178,20 @@ def main() -> None:
     write(args, dense, rows)
 
 
+def recorded_args(args: argparse.Namespace) -> dict:
+    """The settings that shaped the result: scoring only for --checkpoints (the run's own card has its
+    training settings), everything otherwise."""
+    values = vars(args)
+    if not args.checkpoints:
+        return values
+    return {k: values[k] for k in ("model", "teacher", "checkpoints", "lora_rank", "lora_alpha", "limit",
+                                   "pydoc_tokens", "json")}
+
+
 def write(args: argparse.Namespace, dense: dict, rows: list[dict]) -> None:
     """The JSON record, the PNG next to it and a markdown table on stdout."""
     record = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-              "args": vars(args), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+              "args": recorded_args(args), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
               "dense": dense, "rows": rows}
     Path(args.json).write_text(json.dumps(record, indent=2))
     plot(rows, dense, Path(args.json).with_suffix(".png"))
