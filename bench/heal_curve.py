@@ -32,6 +32,7 @@ from heal_budget import TRAIN, scores
 
 import layercut.healing.trainer as trainer
 from layercut.commands.common import seed_everything
+from layercut.healing.state import CHECKPOINT_PREFIX
 from layercut.healing.trainer import build_config, heal
 from layercut.loading import load_model
 
@@ -91,7 +92,8 @@ def scored_checkpoints(args: argparse.Namespace) -> list[dict]:
     run = Path(args.checkpoints)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     by_step = {record["step"]: record for record in log}
-    points = [(int(path.name.rsplit("-", 1)[1]), path) for path in sorted(run.glob("checkpoint-*"))]
+    points = [(int(path.name.removeprefix(CHECKPOINT_PREFIX)), path)
+              for path in sorted(run.glob(f"{CHECKPOINT_PREFIX}*"))]
     rows = []
     if not points or points[-1][0] != log[-1]["step"]:
         points.append((log[-1]["step"], None))  # the run's exported model (none of its checkpoints is the end)

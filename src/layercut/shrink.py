@@ -7,8 +7,9 @@ already has, ||M T + Y - L||^2 / ||L||^2 (T = I for a plain drop), and places LL
 candidate (one trained layer for a span one block longer) where that method itself would, at the
 span of highest cosine. The best few predicted, the best of each method and the Streamline
 candidate (trained, so not predicted) are checked on held-out windows of the calibration text; the
-winner is healed for what remains of the time budget, evaluated and saved. Every finished stage is written to `shrink_state.json` in the
-output directory, so a rerun with `resume` skips it and healing continues from its checkpoint.
+winner is healed for what remains of the time budget, evaluated and saved. Every finished stage is
+written to `shrink_state.json` in the output directory, so a rerun with `resume` skips it and healing
+continues from its checkpoint.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from layercut.evaluation.perplexity import window_nll
 from layercut.export import count_parameters, write_text_atomic
 from layercut.loading import LoadedModel
 from layercut.methods.base import PruneRequest
+from layercut.methods.protection import protected_blocks
 from layercut.methods.replaceme import fit_residual, fold_into_block, solve_lstsq
 from layercut.methods.streamline import streamline_layer
 from layercut.onload import materialize
-from layercut.shrink_report import REPORT_MD, REPORT_PNG, STREAMLINE, candidate_name, write_report
+from layercut.shrink_report import REPORT_MD, REPORT_PNG, STREAMLINE, candidate_name, span_blocks, write_report
 from layercut.speed import head_parameters
 from layercut.surgery import remove_blocks
 
@@ -154,9 +156,10 @@ def candidate_starts(num_layers: int, cut: int) -> list[int]:
 
 def streamline_start(scan: ScanStats, cut: int) -> int | None:
     """Where LLM-Streamline puts a replacement that removes `cut` blocks: the span of `cut` + 1 blocks
-    with the highest cosine between its input and output, first and last blocks kept (None if none fits)."""
-    last = scan.num_layers - 1
-    starts = choose_spans(redundancy(scan, "cosine"), cut + 1, protected=(0, last))
+    with the highest cosine between its input and output, under prune's default protection (first and
+    last blocks kept); None if none fits."""
+    guarded = tuple(protected_blocks(scan.num_layers, min_start=None, allow_last=False))
+    starts = choose_spans(redundancy(scan, "cosine"), span_blocks(STREAMLINE, cut), protected=guarded)
     return starts[0] if starts else None
 
 
@@ -179,11 +182,12 @@ def score_candidates(loaded: LoadedModel, windows: torch.Tensor, cut: int, batch
     params = count_parameters(loaded.model) - sum(
         count_parameters(b) for b in loaded.adapter.blocks(loaded.model)[starts[0]:starts[0] + cut])
     usable = candidate_methods(loaded, methods)
+    predicted = [method for method in usable if method != STREAMLINE]
     candidates = []
     for start in starts:
         residuals = relative_residuals(calibration.fits[start - 1])
-        for method in usable:
-            if method == STREAMLINE or method == "replaceme-lstsq" and massive & set(range(start, start + cut)):
+        for method in predicted:
+            if method == "replaceme-lstsq" and massive & set(range(start, start + cut)):
                 continue
             candidates.append(Candidate(method, start, cut, params, residuals[method]))
     candidates.sort(key=lambda c: c.predicted)
@@ -218,8 +222,8 @@ def apply_candidate(loaded: LoadedModel, candidate: Candidate, fits: dict[int, L
     least-squares map into the block before the span, from `fits` or (after a resume) from a pass
     over `windows` that stops after the span; Streamline trains its layer on `windows`."""
     if candidate.method == STREAMLINE:
-        request = PruneRequest(method=STREAMLINE, cut=candidate.cut + 1, start=candidate.start, batch_size=batch_size,
-                               seed=seed, progress=progress,
+        request = PruneRequest(method=STREAMLINE, cut=span_blocks(STREAMLINE, candidate.cut), start=candidate.start,
+                               batch_size=batch_size, seed=seed, progress=progress,
                                options={"epochs": STREAMLINE_EPOCHS, "patience": 3,
                                         "train_batch_tokens": windows.shape[1]})
         return streamline_layer(loaded, windows, request, request.method_options()).removed
@@ -239,10 +243,9 @@ def apply_candidate(loaded: LoadedModel, candidate: Candidate, fits: dict[int, L
 
 def describe_cut(candidate: Candidate) -> str:
     """What a candidate does to the model, in words."""
-    last = candidate.start + candidate.cut - 1
+    last = candidate.start + span_blocks(candidate.method, candidate.cut) - 1
     if candidate.method == STREAMLINE:
-        return (f"replaced blocks {candidate.start}..{last + 1} by one trained decoder layer "
-                f"({candidate.method})")
+        return f"replaced blocks {candidate.start}..{last} by one trained decoder layer ({candidate.method})"
     return f"removed blocks {candidate.start}..{last} ({candidate.method})"
 
 
