@@ -3,10 +3,13 @@
 import pytest
 import torch
 
-from conftest import FAMILIES, tiny_loaded
+from transformers import AutoTokenizer
+
+from conftest import FAMILIES, make_tokenizer, save_tiny, tiny_loaded
 from layercut.adapters import adapter_for_model_type, get_adapter
+from layercut.data import bos_id, split_windows, starts_with_bos
 from layercut.errors import ModelLoadError, UnsupportedArchitectureError
-from layercut.loading import check_gguf_file, load_model, resolve_dtype
+from layercut.loading import check_gguf_file, check_gguf_reader, load_model, resolve_dtype
 
 
 def test_every_family_has_a_checked_adapter():
@@ -63,3 +66,30 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="Hub is unreachable"):
         load_model("layercut-test/no-such-model", device="cpu")
+
+
+@pytest.mark.parametrize("family, needs_bos", [("gemma3", True), ("gemma", True), ("llama", False)])
+def test_bos_is_added_where_the_family_needs_it(tmp_path, family, needs_bos):
+    """A Gemma checkpoint whose tokenizer forgets BOS (transformers 5.17's GGUF conversion of
+    Gemma 3 does) loads with a tokenizer that adds it; a saved copy keeps it; Llama is left alone."""
+    directory = save_tiny(tmp_path / "model", family)
+    make_tokenizer(add_bos=False).save_pretrained(directory)
+    loaded = load_model(str(directory), device="cpu", dtype="float32")
+    bos = loaded.tokenizer.bos_token_id
+    expected = [bos] if needs_bos else []
+    assert loaded.tokenizer("a b")["input_ids"][: len(expected)] == expected
+    assert (bos_id(loaded.tokenizer) == bos) is needs_bos
+    assert loaded.tokenizer("a b", add_special_tokens=False)["input_ids"][0] != bos
+    loaded.tokenizer.save_pretrained(tmp_path / "copy")
+    assert starts_with_bos(AutoTokenizer.from_pretrained(tmp_path / "copy")) is needs_bos
+    windows = split_windows(torch.arange(3, 40), 8, bos_id(loaded.tokenizer))
+    assert (windows[:, 0] == bos).all().item() is needs_bos
+
+
+def test_gguf_reader_too_old_for_the_family_is_refused():
+    with pytest.raises(ModelLoadError, match=r"transformers 5\.17\.0 converts gemma3 GGUF tokenizers wrongly; "
+                                             r"upgrade it: pip install 'transformers>=5\.18'"):
+        check_gguf_reader("gemma3_text", "5.17.0")
+    check_gguf_reader("gemma3_text", "5.18.0")
+    check_gguf_reader("llama", "5.17.0")
+    check_gguf_reader("mamba", "5.17.0")

@@ -116,6 +116,7 @@ def test_device_map_placement_gives_the_same_statistics(tiny_dir: Path, text_fil
                  "--device-map", "auto", "--no-progress"]) == 0
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to split blocks across devices")
 def test_blocks_split_across_gpu_and_cpu(tiny_dir: Path):
     windows = random_windows(4, 16)

@@ -54,12 +54,13 @@ def test_relative_residuals_match_a_direct_least_squares():
     generator = torch.Generator().manual_seed(0)
     mlp_out, attn_out = torch.randn(200, 6, generator=generator), torch.randn(200, 6, generator=generator)
     span_out = attn_out + mlp_out @ torch.randn(6, 6, generator=generator) + 0.1 * torch.randn(200, 6, generator=generator)
+    target = span_out - attn_out  # what the fold must produce, rounded to float32 as the stats see it
     stats = LinearFitStats.empty(6)
-    stats.update(mlp_out, span_out - attn_out, None, span_out)
+    stats.update(mlp_out, target, None, span_out)
     energy = float(span_out.double().pow(2).sum())
-    direct_drop = float((mlp_out + attn_out - span_out).double().pow(2).sum()) / energy
-    transform = torch.linalg.lstsq(mlp_out.double(), (span_out - attn_out).double()).solution
-    direct_ls = float((mlp_out.double() @ transform + attn_out - span_out).pow(2).sum()) / energy
+    direct_drop = float((mlp_out.double() - target.double()).pow(2).sum()) / energy
+    transform = torch.linalg.lstsq(mlp_out.double(), target.double()).solution
+    direct_ls = float((mlp_out.double() @ transform - target.double()).pow(2).sum()) / energy
     residuals = relative_residuals(stats)
     assert residuals["drop"] == pytest.approx(direct_drop, rel=1e-9)
     assert residuals["replaceme-lstsq"] == pytest.approx(direct_ls, rel=1e-6)

@@ -44,11 +44,14 @@ class GGUFSpec:
         arch: llama.cpp's architecture name when it is not the `model_type` (less a `_text` suffix).
         rope_interleave: Q/K rows go in llama.cpp's interleaved rotary order (its Llama layout).
         norm_offset: added to every norm weight (Gemma keeps `scale - 1`, llama.cpp the scale).
+        min_transformers: the oldest transformers whose GGUF reader converts this family's tokenizer
+            right (5.16 and 5.17 split Gemma 3's words into wrong pieces: perplexity ~5,000 instead of 30).
     """
 
     arch: str | None = None
     rope_interleave: bool = False
     norm_offset: float = 0.0
+    min_transformers: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class ArchAdapter:
         lm_head_path: the vocabulary projection, from the causal-LM model.
         logit_softcap_key: the config key of a final logit soft-cap (Gemma 2/3:
             logits = cap * tanh(logits / cap)); the cap is skipped when the key's value is None.
+        requires_bos: the family was trained with BOS at the start of every sequence and scores
+            garbage without it (Gemma: perplexity in the tens of thousands); loading makes a tokenizer
+            that does not add it (transformers 5.17's GGUF conversion of Gemma 3, for one) add it.
     """
 
     name: str
@@ -103,6 +109,7 @@ class ArchAdapter:
     body_path: str = "model"
     lm_head_path: str = "lm_head"
     logit_softcap_key: str | None = None
+    requires_bos: bool = False
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return get_path(model, self.blocks_path)
@@ -186,10 +193,11 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
                 **_LLAMA_LIKE),
     ArchAdapter(name="qwen2", model_types=("qwen2", "qwen3"), gguf=GGUFSpec(), **_LLAMA_LIKE),
     ArchAdapter(name="gemma", model_types=("gemma",), norm_weight_offset=1.0, gguf=GGUFSpec(norm_offset=1.0),
-                **_LLAMA_LIKE),
+                requires_bos=True, **_LLAMA_LIKE),
     ArchAdapter(name="gemma2", model_types=("gemma2", "gemma3_text"), mlp_pre_norm="pre_feedforward_layernorm",
-                mlp_post_norm="post_feedforward_layernorm", norm_weight_offset=1.0, gguf=GGUFSpec(norm_offset=1.0),
-                logit_softcap_key="final_logit_softcapping", **_LLAMA_LIKE),
+                mlp_post_norm="post_feedforward_layernorm", norm_weight_offset=1.0,
+                gguf=GGUFSpec(norm_offset=1.0, min_transformers="5.18"),
+                logit_softcap_key="final_logit_softcapping", requires_bos=True, **_LLAMA_LIKE),
     ArchAdapter(
         name="phi3", model_types=("phi3",),
         blocks_path="model.layers", final_norm_path="model.norm",

@@ -151,12 +151,15 @@ def tokenize_source(tokenizer: Any, source: str, text_field: str = "text") -> to
     return ids
 
 
+def starts_with_bos(tokenizer: Any) -> bool:
+    """True when the tokenizer puts its BOS token in front of a text."""
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return tokenizer.bos_token_id is not None and bool(probe) and probe[0] == tokenizer.bos_token_id
+
+
 def bos_id(tokenizer: Any) -> int | None:
     """The BOS id when the tokenizer puts one at the start of a sequence (Gemma, Llama-2...), else None."""
-    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
-    if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id:
-        return int(tokenizer.bos_token_id)
-    return None
+    return int(tokenizer.bos_token_id) if starts_with_bos(tokenizer) else None
 
 
 def split_windows(ids: torch.Tensor, seq_len: int, bos: int | None) -> torch.Tensor:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from layercut.adapters import ArchAdapter, get_adapter
-from layercut.errors import ConfigError, ModelLoadError
+from layercut.adapters import ArchAdapter, adapter_for_model_type, family_name, get_adapter
+from layercut.data import starts_with_bos
+from layercut.errors import ConfigError, ModelLoadError, UnsupportedArchitectureError
 from layercut.hub import hub_reachable
 
 if TYPE_CHECKING:
@@ -153,6 +154,24 @@ def load_tokenizer(location: str, trust_remote_code: bool, **kwargs: Any) -> Any
     return tokenizer
 
 
+def add_required_bos(model: nn.Module, tokenizer: Any) -> None:
+    """Make `tokenizer` start every sequence with BOS when the model's family needs it
+    (`ArchAdapter.requires_bos`) and the tokenizer does not do so already; the fixed tokenizer is
+    what gets saved, so cached and exported copies load right in plain transformers too."""
+    try:
+        adapter = adapter_for_model_type(getattr(model.config, "model_type", "<none>"))
+    except UnsupportedArchitectureError:
+        return  # `get_adapter` reports it where the model is finished
+    bos = tokenizer.bos_token_id
+    if not adapter.requires_bos or bos is None or starts_with_bos(tokenizer):
+        return
+    tokenizer.add_bos_token = True
+    if not starts_with_bos(tokenizer):
+        raise ModelLoadError(f"{adapter.name} models need BOS at the start of every sequence, and this "
+                             f"tokenizer ({type(tokenizer).__name__}) cannot be made to add it; fix its "
+                             "tokenizer_config.json (add_bos_token: true)")
+
+
 def _clear_gguf_marker(model: nn.Module) -> None:
     """A GGUF-loaded model is already dequantised to floats; drop the quantizer marker so it saves."""
     model.hf_quantizer = None
@@ -162,6 +181,7 @@ def _clear_gguf_marker(model: nn.Module) -> None:
 
 
 def _load_gguf(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple[nn.Module, Any]:
+    import transformers
     from transformers import AutoModelForCausalLM
 
     check_gguf_file(path)
@@ -172,7 +192,23 @@ def _load_gguf(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple
     except (ValueError, KeyError, OSError) as exc:
         raise ModelLoadError(f"transformers cannot load GGUF '{path}': {str(exc).splitlines()[0]}") from None
     _clear_gguf_marker(model)
+    check_gguf_reader(getattr(model.config, "model_type", "<none>"), transformers.__version__)
+    add_required_bos(model, tokenizer)
     return model, tokenizer
+
+
+def check_gguf_reader(model_type: str, version: str) -> None:
+    """Refuse a GGUF of a family that this transformers version is known to convert wrongly
+    (`GGUFSpec.min_transformers`), instead of returning a model that scores garbage."""
+    from packaging.version import Version
+
+    try:
+        spec = adapter_for_model_type(model_type).gguf
+    except UnsupportedArchitectureError:
+        return
+    if spec is not None and spec.min_transformers and Version(version) < Version(spec.min_transformers):
+        raise ModelLoadError(f"transformers {version} converts {family_name(model_type)} GGUF tokenizers wrongly; "
+                             f"upgrade it: pip install 'transformers>={spec.min_transformers}'")
 
 
 def cached_alias_dir(alias: str, trust_remote_code: bool) -> Path:
@@ -259,6 +295,7 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "auto",
 def _finish(model: nn.Module, tokenizer: Any, dev: torch.device, device_map: Any,
             source: str, history: list[dict]) -> LoadedModel:
     adapter = get_adapter(model)
+    add_required_bos(model, tokenizer)
     if device_map is None:
         model.to(dev)
     model.eval()
