@@ -103,6 +103,7 @@ class PruneFields(CalibFields):
     heal_steps: NonNegativeInt | None = None
     heal_mode: Literal["full", "lora"] | None = None
     heal_lr: PositiveFloat | None = None
+    no_progress: bool | None = None
 
     @field_validator("method")
     @classmethod

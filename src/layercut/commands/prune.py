@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--granularity", choices=GRANULARITIES, default="block",
                         help="block: cut whole blocks; attn / mlp: remove --cut attention or MLP sublayers "
                              "(zeroed output projections; --method angular)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_option_groups(parser, DEPTH_METHODS.values())
     healing = parser.add_argument_group("healing (LayerChop; `layercut heal` has every option)")
     healing.add_argument("--heal-steps", type=int_at_least(0), default=0,
@@ -51,7 +52,8 @@ def request_from_args(args: argparse.Namespace) -> PruneRequest:
     return PruneRequest(
         method=args.method, cut=args.cut, start=args.start, min_start=args.min_start, num_cuts=args.num_cuts,
         select=args.select or spec.select, batch_size=args.batch_size, seed=args.seed,
-        granularity=args.granularity, allow_last=args.allow_last, options=options_from_args(args, spec.options))
+        granularity=args.granularity, allow_last=args.allow_last, progress=not args.no_progress,
+        options=options_from_args(args, spec.options))
 
 
 def load_for_prune(args: argparse.Namespace) -> LoadedModel:
