@@ -162,8 +162,7 @@ def add_required_bos(model: nn.Module, tokenizer: Any) -> None:
         adapter = adapter_for_model_type(getattr(model.config, "model_type", "<none>"))
     except UnsupportedArchitectureError:
         return  # `get_adapter` reports it where the model is finished
-    bos = tokenizer.bos_token_id
-    if not adapter.requires_bos or bos is None or starts_with_bos(tokenizer):
+    if not adapter.requires_bos or tokenizer.bos_token_id is None or starts_with_bos(tokenizer):
         return
     tokenizer.add_bos_token = True
     if not starts_with_bos(tokenizer):
@@ -182,17 +181,18 @@ def _clear_gguf_marker(model: nn.Module) -> None:
 
 def _load_gguf(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple[nn.Module, Any]:
     import transformers
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     check_gguf_file(path)
     try:
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        check_gguf_reader(config.model_type, transformers.__version__)  # before the slow dequantisation
         tokenizer = load_tokenizer(str(path.parent), trust_remote_code, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
                                                      trust_remote_code=trust_remote_code)
     except (ValueError, KeyError, OSError) as exc:
         raise ModelLoadError(f"transformers cannot load GGUF '{path}': {str(exc).splitlines()[0]}") from None
     _clear_gguf_marker(model)
-    check_gguf_reader(getattr(model.config, "model_type", "<none>"), transformers.__version__)
     add_required_bos(model, tokenizer)
     return model, tokenizer
 
