@@ -72,17 +72,12 @@ def stop_at(step: int):
 
 def from_checkpoint(base: str, checkpoint: Path, rank: int, alpha: float):
     """The model `base` with the LoRA matrices of a heal checkpoint, merged (as heal itself exports it)."""
-    from safetensors.torch import load_file
-
     from layercut.healing.lora import add_lora, merge_lora
-    from layercut.healing.state import WEIGHTS_FILE
+    from layercut.healing.state import copy_weights, read_checkpoint_weights
 
     loaded = load_model(base, dtype="float32", device="cpu")
     wrapped = add_lora(loaded.model, loaded.adapter, rank, alpha, 0.0)
-    params = dict(wrapped.named_parameters())
-    with torch.no_grad():
-        for name, tensor in load_file(str(checkpoint / WEIGHTS_FILE)).items():
-            params[name].copy_(tensor)
+    copy_weights(wrapped, read_checkpoint_weights(checkpoint, wrapped))
     loaded.model = merge_lora(wrapped).eval()
     return loaded
 

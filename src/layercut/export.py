@@ -22,7 +22,7 @@ from torch import nn
 from layercut import __version__
 from layercut.errors import OutputExistsError, OutputLocationError
 from layercut.finite import require_finite
-from layercut.loading import PROVENANCE_FILE, LoadedModel
+from layercut.loading import PROVENANCE_FILE, LoadedModel, quiet_transformers_bars
 
 
 def ensure_output_free(path: str | Path, overwrite: bool) -> Path:
@@ -251,7 +251,8 @@ def save_checkpoint(loaded: LoadedModel, out: str | Path, step: dict[str, Any], 
     base_model = steps[0].get("input_model", loaded.source)
     staging = make_staging_dir(target)
     try:
-        loaded.model.save_pretrained(staging, safe_serialization=True)
+        with quiet_transformers_bars():
+            loaded.model.save_pretrained(staging, safe_serialization=True)
         loaded.tokenizer.save_pretrained(staging)
         record = {"layercut_version": __version__, "base_model": base_model, "steps": steps}
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str))

@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -219,7 +221,8 @@ def cached_alias_dir(alias: str, trust_remote_code: bool) -> Path:
     model, tokenizer = _load_gguf(alias_gguf_path(alias), torch.float32, trust_remote_code)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
-    model.save_pretrained(staging)
+    with quiet_transformers_bars():
+        model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     if target.exists():
         shutil.rmtree(target)
@@ -238,6 +241,19 @@ def read_history(directory: Path) -> list[dict]:
     if not record.is_file():
         return []
     return list(json.loads(record.read_text()).get("steps", []))
+
+
+@contextmanager
+def quiet_transformers_bars() -> Iterator[None]:
+    """Hide transformers' own loading / saving bars: a float checkpoint of these sizes takes seconds,
+    and the bar would print even under --no-progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def load_model(spec: str, *, dtype: str = "auto", device: str = "auto",
@@ -269,26 +285,22 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "auto",
             raise ModelLoadError(f"model path '{spec}' does not exist; check the path, or use the alias smollm2-135m")
         else:
             location, source = spec, spec
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a float checkpoint loads in seconds; the bar is noise
     local_only = not isinstance(location, Path) and not hub_reachable()
-    try:
-        tokenizer = load_tokenizer(str(location), trust_remote_code, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(location), dtype=torch_dtype, trust_remote_code=trust_remote_code,
-            device_map=device_map, local_files_only=local_only)
-    except OSError as exc:
-        if isinstance(location, Path):
-            raise ModelLoadError(f"cannot load model from '{location}': {str(exc).splitlines()[0]}") from None
-        why = "the Hub is unreachable (offline) and it is not in the local Hugging Face cache" if local_only \
-            else "it could not be fetched from the Hugging Face Hub"
-        raise ModelLoadError(f"'{spec}' is not a local path and {why}; pass a local directory, a .gguf file "
-                             "or the alias smollm2-135m") from None
-    except ValueError as exc:
-        raise ModelLoadError(f"cannot load model '{spec}': {str(exc).splitlines()[0]}") from None
-    finally:
-        hf_logging.enable_progress_bar()
+    with quiet_transformers_bars():
+        try:
+            tokenizer = load_tokenizer(str(location), trust_remote_code, local_files_only=local_only)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(location), dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                device_map=device_map, local_files_only=local_only)
+        except OSError as exc:
+            if isinstance(location, Path):
+                raise ModelLoadError(f"cannot load model from '{location}': {str(exc).splitlines()[0]}") from None
+            why = "the Hub is unreachable (offline) and it is not in the local Hugging Face cache" if local_only \
+                else "it could not be fetched from the Hugging Face Hub"
+            raise ModelLoadError(f"'{spec}' is not a local path and {why}; pass a local directory, a .gguf file "
+                                 "or the alias smollm2-135m") from None
+        except ValueError as exc:
+            raise ModelLoadError(f"cannot load model '{spec}': {str(exc).splitlines()[0]}") from None
     return _finish(model, tokenizer, dev, device_map, source, history)
 
 

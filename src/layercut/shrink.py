@@ -37,12 +37,12 @@ from layercut.methods.protection import protected_blocks
 from layercut.methods.replaceme import fit_residual, fold_into_block, solve_lstsq
 from layercut.methods.streamline import streamline_layer
 from layercut.onload import materialize
-from layercut.shrink_report import REPORT_MD, REPORT_PNG, STREAMLINE, candidate_name, span_blocks, write_report
+from layercut.shrink_candidates import METHODS, STREAMLINE, Candidate, span_blocks
+from layercut.shrink_report import REPORT_MD, REPORT_PNG, write_report
 from layercut.speed import head_parameters
 from layercut.surgery import remove_blocks
 
 STATE_FILE = "shrink_state.json"
-METHODS = ("drop", "replaceme-lstsq", STREAMLINE)
 STREAMLINE_EPOCHS = 10  # the replacement trains one window per step; shrink's few windows need more epochs
 TargetKind = Literal["params", "layers", "speedup"]
 
@@ -120,22 +120,6 @@ def model_sizes(loaded: LoadedModel, prompt_len: int = 512, gen_len: int = 128) 
     return ModelSizes(num_layers=len(blocks), parameters=count_parameters(loaded.model),
                       block_parameters=round(sum(count_parameters(b) for b in blocks) / len(blocks)),
                       decode_flops=profile["decode_flops_per_token"], head_flops=2.0 * head_parameters(loaded))
-
-
-@dataclass
-class Candidate:
-    """One way to reach the target: a method and the first removed block of its span."""
-
-    method: str
-    start: int
-    cut: int
-    params: int
-    predicted: float | None  # None: a trained replacement, measured only
-    heldout_ppl: float | None = None
-
-    @property
-    def name(self) -> str:
-        return candidate_name(self.method, self.start, self.cut)
 
 
 def relative_residuals(stats: LinearFitStats, alpha: float = 0.0) -> dict[str, float]:

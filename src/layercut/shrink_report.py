@@ -12,21 +12,10 @@ import torch
 
 from layercut.data import as_sources
 from layercut.export import save_figure_atomic, write_text_atomic
+from layercut.shrink_candidates import STREAMLINE, candidate_name
 
 REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
-STREAMLINE = "streamline-layer"
-
-
-def span_blocks(method: str, cut: int) -> int:
-    """Blocks a candidate that removes `cut` blocks replaces: one more for Streamline, whose trained
-    layer stands in for the whole span."""
-    return cut + 1 if method == STREAMLINE else cut
-
-
-def candidate_name(method: str, start: int, cut: int) -> str:
-    """'method first-last' over the blocks a candidate replaces."""
-    return f"{method} {start}-{start + span_blocks(method, cut) - 1}"
 
 
 def rank_agreement(first: list[float], second: list[float]) -> float:

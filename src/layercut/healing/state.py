@@ -133,35 +133,48 @@ def _read_checkpoint_part(path: Path, name: str, read: Any) -> Any:
         raise _damaged(path, name) from None
 
 
-def load_training_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                             scaler: torch.amp.GradScaler) -> list[dict]:
-    """Restore weights, optimizer, scaler and RNG states from checkpoint `path`; return its log.
-
-    Every file is read and checked before anything is restored, so a damaged checkpoint leaves
-    the model and optimizer untouched."""
+def read_checkpoint_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trained tensors of checkpoint `path`, checked against `model`'s parameters (names, shapes,
+    and every trainable parameter present) but not yet copied into it."""
     from safetensors.torch import load_file
 
     device = str(next(model.parameters()).device)
     saved = _read_checkpoint_part(path, WEIGHTS_FILE, lambda file: load_file(str(file), device=device))
-    optim_state = _read_checkpoint_part(path, "optimizer.pt", lambda file: torch.load(file, weights_only=True))
-    rng = _read_checkpoint_part(path, "rng.pt", lambda file: torch.load(file, weights_only=True))
-    log = _read_checkpoint_part(path, LOG_FILE, lambda file: [json.loads(line) for line in
-                                                              file.read_text().splitlines() if line.strip()])
-    if not isinstance(optim_state, dict) or not {"optimizer", "scaler"} <= set(optim_state):
-        raise _damaged(path, "optimizer.pt")
     params = dict(model.named_parameters())
     wrong = sorted(name for name in saved if name not in params or params[name].shape != saved[name].shape)
     missing = sorted(name for name, p in params.items() if p.requires_grad and name not in saved)
     if wrong or missing:
         raise ConfigError(f"checkpoint '{path}' does not match this model ({(wrong + missing)[0]} differs); "
                           "resume with the model and --mode that run used")
+    return saved
+
+
+def copy_weights(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Copy tensors read by `read_checkpoint_weights` into `model`, in place."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            params[name].copy_(tensor)
+
+
+def load_training_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                             scaler: torch.amp.GradScaler) -> list[dict]:
+    """Restore weights, optimizer, scaler and RNG states from checkpoint `path`; return its log.
+
+    Every file is read and checked before anything is restored, so a damaged checkpoint leaves
+    the model and optimizer untouched."""
+    saved = read_checkpoint_weights(path, model)
+    optim_state = _read_checkpoint_part(path, "optimizer.pt", lambda file: torch.load(file, weights_only=True))
+    rng = _read_checkpoint_part(path, "rng.pt", lambda file: torch.load(file, weights_only=True))
+    log = _read_checkpoint_part(path, LOG_FILE, lambda file: [json.loads(line) for line in
+                                                              file.read_text().splitlines() if line.strip()])
+    if not isinstance(optim_state, dict) or not {"optimizer", "scaler"} <= set(optim_state):
+        raise _damaged(path, "optimizer.pt")
     try:
         optimizer.load_state_dict(optim_state["optimizer"])
         scaler.load_state_dict(optim_state["scaler"])
         restore_rng_states(rng)
     except (KeyError, ValueError, TypeError, RuntimeError):
         raise _damaged(path, "optimizer.pt / rng.pt") from None
-    with torch.no_grad():
-        for name, tensor in saved.items():
-            params[name].copy_(tensor)
+    copy_weights(model, saved)
     return log
