@@ -279,7 +279,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     config = run.config
     lr = config.peak_lr * lr_factor(step, config.warmup, run.total_steps, config.min_lr_ratio)
     for group in run.optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = lr
     sums: dict[str, float] = {"loss": 0.0}
     for micro in range(config.grad_accum):
         rows = batch_indices(run.windows.shape[0], config.batch_size, config.seed, step * config.grad_accum + micro)
