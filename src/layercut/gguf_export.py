@@ -336,15 +336,18 @@ def check_ffn_width(loaded: LoadedModel) -> None:
             f"(config says {width}); slim every block to the same width or export with --out")
 
 
-def export_gguf(loaded: LoadedModel, out: str | Path, gguf_type: str = "f16", overwrite: bool = False) -> Path:
-    """Write `loaded` as one GGUF file at `out` (through a temporary file and a rename)."""
+def export_gguf(loaded: LoadedModel, out: str | Path, gguf_type: str = "f16", overwrite: bool = False,
+                checked: GGUFTarget | None = None) -> Path:
+    """Write `loaded` as one GGUF file at `out` (through a temporary file and a rename). `checked` is the
+    result of `check_gguf_export` on this model's config when the caller already ran it (it builds a
+    model skeleton and round-trips a GGUF header, so once is enough)."""
     import gguf
 
     if gguf_type not in GGUF_TYPES:
         raise ConfigError(f"unknown --gguf-type '{gguf_type}'; use {' or '.join(GGUF_TYPES)}")
     config = loaded.model.config
     name = Path(loaded.source).name or "layercut-model"
-    target = check_gguf_export(config, name)
+    target = checked or check_gguf_export(config, name)
     check_ffn_width(loaded)
     target_path = ensure_output_free(out, overwrite)
     target_path.parent.mkdir(parents=True, exist_ok=True)

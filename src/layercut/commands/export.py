@@ -40,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
             ensure_output_free(path, args.overwrite)
     recipe_text = Path(args.recipe).read_text(encoding="utf-8") if args.recipe else None
     config = peek_from_args(args)
-    if args.gguf:
-        check_gguf_export(config)
+    target = check_gguf_export(config) if args.gguf else None
     if args.out:
         check_output_room(args, config, args.out)
     if args.gguf:
@@ -55,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
         save_checkpoint(loaded, args.out, step, overwrite=args.overwrite)
         print(f"checkpoint written to {args.out}")
     if args.gguf:
-        export_gguf(loaded, args.gguf, args.gguf_type, overwrite=args.overwrite)
+        export_gguf(loaded, args.gguf, args.gguf_type, overwrite=args.overwrite, checked=target)
         print(f"GGUF ({args.gguf_type}) written to {args.gguf}")
     return 0
