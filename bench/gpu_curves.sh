@@ -8,7 +8,7 @@
 #    data, one schedule planned for the last milestone, stopped and scored at each milestone.
 # Batch BATCH x 256 tokens (16: a GPU is idle at the CPU recipe's 4). About 4-5 minutes per mode on an H200,
 # most of it scoring; MODES=lora or MODES=full splits the work over two calls. LIMIT sets items per task;
-# DEVICE=cpu MILESTONES=2048 LIMIT=20 MODES=lora checks the script on a CPU.
+# DEVICE=cpu MILESTONES=2048 LIMIT=20 PYDOC_TOKENS=2048 MODES=lora checks the script on a CPU.
 set -euo pipefail
 
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -19,6 +19,7 @@ MILESTONES=${MILESTONES:-100000,250000,500000,1000000,2000000}
 MODES=${MODES:-lora full}
 BATCH=${BATCH:-16}
 LIMIT=${LIMIT:-300}
+PYDOC_TOKENS=${PYDOC_TOKENS:-32768}
 started=$(date +%s)
 
 mkdir -p "$OUT"
@@ -31,7 +32,7 @@ fi
 for mode in $MODES; do
     echo "== $mode curve: $MILESTONES tokens"
     "$PYTHON" bench/heal_curve.py --model "$OUT/cut" --device "$DEVICE" --mode "$mode" --hidden-kd-weight 1.0 \
-        --batch-size "$BATCH" --milestones "$MILESTONES" --limit "$LIMIT" --pydoc-tokens 32768 \
+        --batch-size "$BATCH" --milestones "$MILESTONES" --limit "$LIMIT" --pydoc-tokens "$PYDOC_TOKENS" \
         --json "$OUT/curve-$mode.json" | grep -v '^{'
 done
 echo "total $(( $(date +%s) - started )) s"
