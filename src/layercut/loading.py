@@ -246,14 +246,16 @@ def read_history(directory: Path) -> list[dict]:
 @contextmanager
 def quiet_transformers_bars() -> Iterator[None]:
     """Hide transformers' own loading / saving bars: a float checkpoint of these sizes takes seconds,
-    and the bar would print even under --no-progress."""
+    and the bar would print even under --no-progress. The caller's setting is restored afterwards."""
     from transformers.utils import logging as hf_logging
 
+    was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        hf_logging.enable_progress_bar()
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_model(spec: str, *, dtype: str = "auto", device: str = "auto",

@@ -12,7 +12,7 @@ import torch
 
 from layercut.data import as_sources
 from layercut.export import save_figure_atomic, write_text_atomic
-from layercut.shrink_candidates import STREAMLINE, candidate_name
+from layercut.shrink_candidates import METHODS, candidate_name
 
 REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
@@ -101,7 +101,7 @@ def plot_report(state: dict[str, Any], path: Path) -> Path:
     frontier, curve = figure.subplots(1, 2)
     dense = state["dense"]
     frontier.scatter([1.0], [dense["heldout_ppl"]], marker="*", s=120, color="black", label="dense")
-    for method, marker in (("drop", "x"), ("replaceme-lstsq", "o"), (STREAMLINE, "s")):
+    for method, marker in zip(METHODS, ("x", "o", "s"), strict=True):
         points = [c for c in state["checked"] if c["method"] == method]
         if points:
             frontier.scatter([c["params"] / dense["params"] for c in points], [c["heldout_ppl"] for c in points],
