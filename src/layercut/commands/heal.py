@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--data", required=True, action="append",
                       help="training text: .txt, .jsonl, builtin:pydoc-calib or hf:NAME[:CONFIG][:SPLIT]; repeat the "
-                           "flag to train on a mix of several texts")
+                           "flag to train on a mix of several texts (a text given twice counts twice)")
     data.add_argument("--text-field", default="text", help="JSONL / dataset field holding the text")
     data.add_argument("--seq-len", type=int, default=256, help="tokens per packed window (default: %(default)s)")
     data.add_argument("--ppl", default=None, help="held-out text for perplexity before, during and after training")
