@@ -4,8 +4,9 @@ Transformers give the first token a hidden state thousands of times larger than 
 sink). A cut that removes the blocks building it must rebuild it, and a trained replacement sometimes
 fires on another token too. This script runs the dense model and each given model over the same random
 training windows and prints, per layer, how many tokens after the first have a hidden-state norm above
---threshold, and in how many windows; then the tokens with the largest relative error against the dense
-hidden state at a chosen pair of layers (the pair healing's hidden-state term compares).
+--threshold, and in how many windows; then the mean, median and largest per-token relative error against
+the dense hidden state at a chosen pair of layers (the pair healing's hidden-state term compares). The
+windows come from the ship recipe's healing mix (WikiText-2 validation, Python's reference text 3x).
 
     python bench/massive_tokens.py out/ship/01-prune out/ship/final --pair 12,20
 """
@@ -15,11 +16,12 @@ from __future__ import annotations
 import argparse
 
 import torch
+from heal_budget import SHARED
 
 from layercut.healing.trainer import build_config, training_windows
 from layercut.loading import load_model
 
-DATA = ["../shared/data/text/wikitext2_valid_tokenized.txt"] + ["builtin:pydoc-calib"] * 3
+DATA = [str(SHARED / "text" / "wikitext2_valid_tokenized.txt")] + ["builtin:pydoc-calib"] * 3
 
 
 def hidden_states(model: torch.nn.Module, windows: torch.Tensor, batch: int = 8) -> list[torch.Tensor]:
