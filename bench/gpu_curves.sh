@@ -5,7 +5,8 @@
 #   bash bench/gpu_curves.sh                  # output in out/gpu_curves: curve-<mode>.json / .png
 # 1. the ship recipe's cut (LLM-Streamline, blocks 10-18 -> one trained layer, 30 -> 22 layers), in float32;
 # 2. for each mode in MODES: bench/heal_curve.py with the recipe's distillation (KD 0.7, hidden KD 1.0) and
-#    data, one schedule planned for the last milestone, stopped and scored at each milestone.
+#    LoRA rank 64 (alpha 128), data WikiText-2 validation + pydoc-calib (once, not the recipe's three times),
+#    one schedule planned for the last milestone, stopped and scored at each milestone.
 # Batch BATCH x 256 tokens (16: a GPU is idle at the CPU recipe's 4). About 4-5 minutes per mode on an H200,
 # most of it scoring; MODES=lora or MODES=full splits the work over two calls. LIMIT sets items per task;
 # DEVICE=cpu MILESTONES=2048 LIMIT=20 PYDOC_TOKENS=2048 MODES=lora checks the script on a CPU.
@@ -32,6 +33,7 @@ fi
 for mode in $MODES; do
     echo "== $mode curve: $MILESTONES tokens"
     "$PYTHON" bench/heal_curve.py --model "$OUT/cut" --device "$DEVICE" --mode "$mode" --hidden-kd-weight 1.0 \
+        --lora-rank 64 --lora-alpha 128 \
         --batch-size "$BATCH" --milestones "$MILESTONES" --limit "$LIMIT" --pydoc-tokens "$PYDOC_TOKENS" \
         --json "$OUT/curve-$mode.json" | grep -v '^{'
 done

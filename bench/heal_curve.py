@@ -53,8 +53,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=300, help="items per zero-shot task")
     parser.add_argument("--pydoc-tokens", type=int, default=8192, help="tokens of builtin:pydoc-eval scored")
     parser.add_argument("--checkpoints", default=None, help="score a finished LoRA heal run's checkpoints instead")
-    parser.add_argument("--lora-rank", type=int, default=16, help="the LoRA rank of that run (--checkpoints)")
-    parser.add_argument("--lora-alpha", type=float, default=32.0, help="its LoRA alpha (--checkpoints)")
+    parser.add_argument("--lora-rank", type=int, default=16, help="LoRA rank trained (or of the --checkpoints run)")
+    parser.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha trained (or of that run)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA, healing autocasts to bf16)")
     parser.add_argument("--json", default="bench/heal_curve.json")
     return parser.parse_args()
@@ -155,7 +155,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="heal-curve-"))
     config = build_config(data=TRAIN, mode=args.mode, lr=args.lr, teacher=args.teacher, kd_weight=args.kd_weight,
                           hidden_kd_weight=args.hidden_kd_weight, seq_len=args.seq_len, batch_size=args.batch_size,
-                          warmup=10, tokens=milestones[-1], work_dir=str(work), progress=False)
+                          lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, warmup=10, tokens=milestones[-1],
+                          work_dir=str(work), progress=False)
     resume, cpu = None, 0.0
     for milestone in milestones:
         seed_everything(0)

@@ -18,6 +18,7 @@ import argparse
 import torch
 from heal_budget import SHARED
 
+from layercut.healing.hidden import per_token_relative_error
 from layercut.healing.trainer import build_config, training_windows
 from layercut.loading import load_model
 
@@ -62,7 +63,7 @@ def main() -> None:
                 print(f"  hidden state {index}: {len(big)} later tokens above {args.threshold:g} in "
                       f"{len({int(w) for w in big[:, 0]})} of {args.windows} windows, positions {positions[:10]}")
         student, target = states[student_index], dense_states[dense_index]
-        ratio = (student - target).pow(2).sum(-1) / target.pow(2).sum(-1)
+        ratio = per_token_relative_error(student, target)
         print(f"  relative error, hidden state {student_index} vs dense {dense_index}: mean {float(ratio.mean()):.3f}, "
               f"median {float(ratio.median()):.3f}, max {float(ratio.max()):.1f}")
 

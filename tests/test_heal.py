@@ -339,7 +339,7 @@ def test_shared_prefix_gives_the_teacher_s_own_logits(family):
 
 
 def test_block_origins_replay_every_prune_step_and_pair_the_blocks_behind_each_cut():
-    from layercut.healing.hidden import block_origins, cut_pairs
+    from layercut.healing.hidden import behind_cut_pairs, block_origins, cut_pairs
 
     history = [{"command": "prune", "result": {"layers_before": 10, "removed_blocks": [3, 4]}},
                {"command": "slim", "result": {"ratio": 0.2}},
@@ -348,6 +348,8 @@ def test_block_origins_replay_every_prune_step_and_pair_the_blocks_behind_each_c
     origins = block_origins(history, 7)
     assert origins == [0, 1, 2, 5, 6, 8, 9]
     assert cut_pairs(origins) == [(3, 5), (5, 8)]
+    assert behind_cut_pairs(origins) == [(3, 5), (4, 6), (5, 8), (6, 9)]
+    assert behind_cut_pairs([0, 1, 2]) == []
     assert block_origins(history, 6) is None
     assert block_origins(history[1:3], 7) is None
     assert block_origins([{"result": {"layers_before": 10, "removed_blocks": [1]}}, history[3]], 8) is None
@@ -362,6 +364,17 @@ def test_relative_hidden_error_matches_the_direct_formula():
                  for s, t in zip(student.reshape(-1, 8), teacher.reshape(-1, 8))) / 10
     assert float(relative_hidden_error(student, teacher)) == pytest.approx(direct, rel=1e-6)
     assert float(relative_hidden_error(teacher, teacher)) == 0.0
+
+
+def test_per_token_relative_error_is_one_value_per_token():
+    from layercut.healing.hidden import per_token_relative_error
+
+    torch.manual_seed(1)
+    student, teacher = torch.randn(3, 4, 6), torch.randn(3, 4, 6)
+    errors = per_token_relative_error(student, teacher)
+    assert errors.shape == (3, 4)
+    s, t = student[2, 1], teacher[2, 1]
+    assert float(errors[2, 1]) == pytest.approx(float(((s - t) ** 2).sum() / (t ** 2).sum()), rel=1e-6)
 
 
 def cut_student(teacher, removed: list[int]):
@@ -405,6 +418,39 @@ def test_hidden_kd_logs_the_error_behind_the_cut_and_lowers_it(small_text, famil
     assert error_behind_cut(with_hidden) < min(before, error_behind_cut(without))
     record = heal_module.heal_step_record(base, result)
     assert record["params"]["hidden_kd_blocks"] == [{"student": 2, "teacher": 4}]
+
+
+def test_hidden_kd_on_every_block_behind_the_cut_logs_the_mean_error_over_them(small_text, tmp_path):
+    """With hidden_kd_match="all" every block from the cut to the last is matched with its original block,
+    and the first logged term is the mean of their relative errors, computed here from each block's output
+    (the last entry of output_hidden_states has the final norm applied, so it cannot serve)."""
+    from layercut.data import bos_id, read_text, split_windows, tokenize_text
+    from layercut.healing.hidden import relative_hidden_error
+
+    def block_outputs(loaded, batch) -> list[torch.Tensor]:
+        outputs: list[torch.Tensor] = []
+        handles = [block.register_forward_hook(lambda _m, _a, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+                   for block in loaded.adapter.blocks(loaded.model)]
+        with torch.no_grad():
+            loaded.model(input_ids=batch)
+        for handle in handles:
+            handle.remove()
+        return outputs
+
+    teacher = tiny_loaded("llama", num_layers=6)
+    config = quick_config(small_text, mode="lora", steps=2, kd_weight=0.5, hidden_kd_weight=1.0,
+                          hidden_kd_match="all", work_dir=str(tmp_path / "work"))
+    ids = tokenize_text(teacher.tokenizer, read_text(str(small_text)))
+    windows = split_windows(ids, config.seq_len, bos_id(teacher.tokenizer))
+    batch = windows[batch_indices(windows.shape[0], config.batch_size, config.seed, 0)]
+    student = cut_student(teacher, [2, 3])
+    mine, dense = block_outputs(student, batch), block_outputs(teacher, batch)
+    expected = sum(float(relative_hidden_error(mine[s], dense[t])) for s, t in [(2, 4), (3, 5)]) / 2
+    result = heal(student, config, teacher=teacher)
+    log = [json.loads(line) for line in (tmp_path / "work" / "log.jsonl").read_text().splitlines()]
+    assert result.hidden_pairs == [(2, 4), (3, 5)]
+    assert log[0]["hidden"] == pytest.approx(expected, rel=1e-4)
+    assert heal_module.heal_step_record(config, result)["params"]["hidden_kd_match"] == "all"
 
 
 def test_hidden_kd_explains_what_it_needs(small_text):

@@ -168,6 +168,7 @@ class HealStep(Step):
     kd_weight: float | None = Field(None, ge=0.0, le=1.0)
     kd_temperature: PositiveFloat | None = None
     hidden_kd_weight: NonNegativeFloat | None = None
+    hidden_kd_match: Literal["first", "all"] | None = None
     teacher_device: str | None = None
     eval_every: NonNegativeInt | None = None
     save_every: NonNegativeInt | None = None

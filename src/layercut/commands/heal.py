@@ -66,6 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="add w * the relative error between the hidden state after the first block behind each cut "
                          "and the teacher's after the same original block (needs --teacher and a layercut-pruned "
                          "model; default: off)")
+    kd.add_argument("--hidden-kd-match", choices=["first", "all"], default="first",
+                    help="which blocks --hidden-kd-weight matches: first = the first block behind each cut, all = every "
+                         "block from the first cut to the last, each against its original block (default: %(default)s)")
     kd.add_argument("--teacher-device", default=None, help="device of the teacher (default: the student's), e.g. cpu to offload")
     run_group = parser.add_argument_group("checkpoints")
     run_group.add_argument("--eval-every", type=int, default=0, help="held-out perplexity every N steps (needs --ppl)")
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         max_grad_norm=args.max_grad_norm, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, train_from=args.train_from, teacher=args.teacher, kd_weight=args.kd_weight,
         kd_temperature=args.kd_temperature, hidden_kd_weight=args.hidden_kd_weight,
+        hidden_kd_match=args.hidden_kd_match,
         teacher_device=args.teacher_device, ppl=args.ppl, ppl_max_tokens=args.ppl_max_tokens,
         eval_every=args.eval_every, save_every=args.save_every, work_dir=args.out, resume=args.resume,
         seed=args.seed, max_seconds=args.max_minutes * 60 if args.max_minutes else None, precision=args.precision,

@@ -46,12 +46,26 @@ def cut_pairs(origins: Sequence[int]) -> list[tuple[int, int]]:
     return [(index, origins[index]) for index in range(1, len(origins)) if origins[index] - origins[index - 1] > 1]
 
 
-def relative_hidden_error(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Mean over tokens of ||s - t||^2 / ||t||^2: scale-free per token, so the few tokens with massive
-    activations do not drown the rest."""
+def behind_cut_pairs(origins: Sequence[int]) -> list[tuple[int, int]]:
+    """(student block, teacher block) for every block from the first one behind the first cut to the last:
+    the whole path the cut's damage travels, not only its first step."""
+    first = cut_pairs(origins)
+    if not first:
+        return []
+    return [(index, origins[index]) for index in range(first[0][0], len(origins))]
+
+
+def per_token_relative_error(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """||s - t||^2 / ||t||^2 for every token (the last dimension is the hidden size): scale-free per token."""
     student, teacher = student.float(), teacher.float()
     error = (student - teacher).pow(2).sum(-1)
-    return (error / teacher.pow(2).sum(-1).clamp_min(eps)).mean()
+    return error / teacher.pow(2).sum(-1).clamp_min(eps)
+
+
+def relative_hidden_error(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean over tokens of the per-token relative error, so the few tokens with massive activations do not
+    drown the rest."""
+    return per_token_relative_error(student, teacher, eps).mean()
 
 
 class HiddenMatch:
@@ -89,8 +103,10 @@ class HiddenMatch:
             handle.remove()
 
 
-def hidden_pairs(history: Sequence[dict], student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
-    """The block pairs to match, or a one-line `ConfigError` saying why they cannot be known."""
+def hidden_pairs(history: Sequence[dict], student_layers: int, teacher_layers: int,
+                 match: str = "first") -> list[tuple[int, int]]:
+    """The block pairs to match (`match`: "first" = the first block behind each cut, "all" = every block from
+    the first cut on), or a one-line `ConfigError` saying why they cannot be known."""
     origins = block_origins(history, student_layers)
     if origins is None:
         raise ConfigError("--hidden-kd-weight needs to know which blocks were cut, but this model's layercut.json "
@@ -98,7 +114,7 @@ def hidden_pairs(history: Sequence[dict], student_layers: int, teacher_layers: i
     if max(origins) >= teacher_layers:
         raise ConfigError(f"the teacher has {teacher_layers} layers but the model came from one with at least "
                           f"{max(origins) + 1}; give the dense model it was cut from as --teacher")
-    pairs = cut_pairs(origins)
+    pairs = cut_pairs(origins) if match == "first" else behind_cut_pairs(origins)
     if not pairs:
         raise ConfigError("--hidden-kd-weight matches the block behind a cut, but this model has no interior cut; "
                           "drop --hidden-kd-weight")

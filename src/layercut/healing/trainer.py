@@ -75,6 +75,7 @@ class HealConfig(BaseModel):
     kd_weight: float = Field(0.5, ge=0, le=1)
     kd_temperature: float = Field(1.0, gt=0)
     hidden_kd_weight: float = Field(0.0, ge=0)
+    hidden_kd_match: Literal["first", "all"] = "first"
     teacher_device: str | None = None
     ppl: str | None = None
     ppl_max_tokens: int | None = Field(16384, ge=1)
@@ -229,7 +230,8 @@ def hidden_match(loaded: LoadedModel, teacher: nn.Module | None, config: HealCon
     if teacher is None:
         raise ConfigError("--hidden-kd-weight distils hidden states from the dense model; give --teacher")
     adapter = loaded.adapter
-    pairs = hidden_pairs(loaded.history, len(adapter.blocks(loaded.model)), len(adapter.blocks(teacher)))
+    pairs = hidden_pairs(loaded.history, len(adapter.blocks(loaded.model)), len(adapter.blocks(teacher)),
+                         config.hidden_kd_match)
     return HiddenMatch(loaded.model, teacher, adapter, pairs)
 
 
@@ -441,7 +443,7 @@ def heal_step_record(config: HealConfig, result: HealResult) -> dict[str, Any]:
     if result.teacher:
         params.update(teacher=result.teacher, kd_weight=config.kd_weight, kd_temperature=config.kd_temperature)
     if result.hidden_pairs:
-        params.update(hidden_kd_weight=config.hidden_kd_weight,
+        params.update(hidden_kd_weight=config.hidden_kd_weight, hidden_kd_match=config.hidden_kd_match,
                       hidden_kd_blocks=[{"student": s, "teacher": t} for s, t in result.hidden_pairs])
     ppl = ""
     if result.ppl_before is not None and result.ppl_after is not None:
