@@ -377,6 +377,15 @@ def test_per_token_relative_error_is_one_value_per_token():
     assert float(errors[2, 1]) == pytest.approx(float(((s - t) ** 2).sum() / (t ** 2).sum()), rel=1e-6)
 
 
+def first_training_batch(loaded, config, text_path) -> torch.Tensor:
+    """The token windows healing trains on at its first step, rebuilt the way the trainer builds them."""
+    from layercut.data import bos_id, read_text, split_windows, tokenize_text
+
+    ids = tokenize_text(loaded.tokenizer, read_text(str(text_path)))
+    windows = split_windows(ids, config.seq_len, bos_id(loaded.tokenizer))
+    return windows[batch_indices(windows.shape[0], config.batch_size, config.seed, 0)]
+
+
 def cut_student(teacher, removed: list[int]):
     from layercut.surgery import remove_blocks
 
@@ -392,15 +401,12 @@ def test_hidden_kd_logs_the_error_behind_the_cut_and_lowers_it(small_text, famil
     the cut and the teacher's same original block, computed here from output_hidden_states; training
     with it ends with a lower error than the same training without it, and the model card names the
     matched blocks."""
-    from layercut.data import bos_id, read_text, split_windows, tokenize_text
     from layercut.healing.hidden import relative_hidden_error
 
     teacher = tiny_loaded(family, num_layers=6)
     base = quick_config(small_text, mode="lora", steps=12, kd_weight=0.5, hidden_kd_weight=5.0,
                         work_dir=str(tmp_path / "work"))
-    ids = tokenize_text(teacher.tokenizer, read_text(str(small_text)))
-    windows = split_windows(ids, base.seq_len, bos_id(teacher.tokenizer))
-    batch = windows[batch_indices(windows.shape[0], base.batch_size, base.seed, 0)]
+    batch = first_training_batch(teacher, base, small_text)
 
     def error_behind_cut(student) -> float:
         with torch.no_grad():
@@ -424,12 +430,12 @@ def test_hidden_kd_on_every_block_behind_the_cut_logs_the_mean_error_over_them(s
     """With hidden_kd_match="all" every block from the cut to the last is matched with its original block,
     and the first logged term is the mean of their relative errors, computed here from each block's output
     (the last entry of output_hidden_states has the final norm applied, so it cannot serve)."""
-    from layercut.data import bos_id, read_text, split_windows, tokenize_text
+    from layercut.calibration.capture import first_tensor
     from layercut.healing.hidden import relative_hidden_error
 
     def block_outputs(loaded, batch) -> list[torch.Tensor]:
         outputs: list[torch.Tensor] = []
-        handles = [block.register_forward_hook(lambda _m, _a, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+        handles = [block.register_forward_hook(lambda _m, _a, out: outputs.append(first_tensor(out)))
                    for block in loaded.adapter.blocks(loaded.model)]
         with torch.no_grad():
             loaded.model(input_ids=batch)
@@ -440,9 +446,7 @@ def test_hidden_kd_on_every_block_behind_the_cut_logs_the_mean_error_over_them(s
     teacher = tiny_loaded("llama", num_layers=6)
     config = quick_config(small_text, mode="lora", steps=2, kd_weight=0.5, hidden_kd_weight=1.0,
                           hidden_kd_match="all", work_dir=str(tmp_path / "work"))
-    ids = tokenize_text(teacher.tokenizer, read_text(str(small_text)))
-    windows = split_windows(ids, config.seq_len, bos_id(teacher.tokenizer))
-    batch = windows[batch_indices(windows.shape[0], config.batch_size, config.seed, 0)]
+    batch = first_training_batch(teacher, config, small_text)
     student = cut_student(teacher, [2, 3])
     mine, dense = block_outputs(student, batch), block_outputs(teacher, batch)
     expected = sum(float(relative_hidden_error(mine[s], dense[t])) for s, t in [(2, 4), (3, 5)]) / 2

@@ -12,6 +12,7 @@ after LLM-Streamline it follows the trained replacement.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -104,7 +105,7 @@ class HiddenMatch:
 
 
 def hidden_pairs(history: Sequence[dict], student_layers: int, teacher_layers: int,
-                 match: str = "first") -> list[tuple[int, int]]:
+                 match: Literal["first", "all"] = "first") -> list[tuple[int, int]]:
     """The block pairs to match (`match`: "first" = the first block behind each cut, "all" = every block from
     the first cut on), or a one-line `ConfigError` saying why they cannot be known."""
     origins = block_origins(history, student_layers)
